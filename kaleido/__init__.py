@@ -1,0 +1,14 @@
+"""kaleido: Kaleido Diffusion (Gu et al., 2024) on Lightning.
+
+    model = kaleido.load("last.ckpt")
+    out = model.generate(["a circle"] * 8, cfg_scale=4.0)
+"""
+
+from kaleido.__about__ import __version__
+from kaleido.checkpoint import load
+from kaleido.data.shapes_datamodule import ShapesDataModule
+from kaleido.modules.diffusion import DiffusionModel
+from kaleido.modules.kaleido import Kaleido
+from kaleido.modules.prior import LatentPrior
+
+__all__ = ["DiffusionModel", "Kaleido", "LatentPrior", "ShapesDataModule", "__version__", "load"]

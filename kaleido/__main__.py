@@ -1,0 +1,49 @@
+"""``python -m kaleido <command>``: the map of subcommands.
+
+    fit | validate | test   LightningCLI (``--config configs/...yaml``)
+    sample                  images from a checkpoint
+    latents                 the registered latent types and where each comes from
+"""
+
+from __future__ import annotations
+
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def latents() -> None:
+    """List the registered latent types and where each comes from."""
+    from kaleido.latents import ENTRY_POINT_GROUP, available_latent_types
+
+    types = available_latent_types()
+    width = max(map(len, types), default=4)
+    for name, origin in types.items():
+        print(f"{name:<{width}}  {origin}")
+    print(f"\n(third-party types register through the entry-point group {ENTRY_POINT_GROUP!r})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"sample": "sample", "latents": "latents"}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        from kaleido.cli import cli_main
+
+        cli_main(None if from_shell else [command, *rest])  # LightningCLI reads sys.argv itself
+    elif command in commands:
+        from jsonargparse import CLI
+
+        from kaleido.sample import sample
+
+        CLI({"sample": sample, "latents": latents}[command], args=rest, as_positional=False)
+    else:
+        raise SystemExit(f"unknown command {command!r}; choose one of {', '.join([*LIGHTNING_COMMANDS, *commands])}")
+
+
+if __name__ == "__main__":
+    main()

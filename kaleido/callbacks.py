@@ -1,0 +1,80 @@
+"""Callbacks: sample grids (with their latent text) and latent adherence during validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from kaleido.modules.base import ConditionalDiffusion
+from kaleido.viz import image_grid
+
+
+class EMA(WeightAveraging):
+    """Exponential moving average of the weights (paper: decay 0.9999), updated with one fused
+    ``foreach`` call per step rather than a Python loop over parameters (about 5x less overhead than
+    Lightning's ``EMAWeightAveraging`` on an H100; see docs/performance.md). Validation, sampling
+    callbacks and saved checkpoints use the averaged weights.
+
+    Args:
+        decay: the EMA decay.
+        start_step: optimiser steps before averaging starts (the average copies the weights then).
+    """
+
+    def __init__(self, decay: float = 0.9999, start_step: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay, self.start_step = decay, start_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:  # noqa: ARG002
+        return step_idx is not None and step_idx >= self.start_step
+
+
+class LogSamples(Callback):
+    """Every ``every_n_epochs`` validation epochs, sample ``samples_per_condition`` images for each
+    condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table; if
+    ``adherence`` is set, also log ``val/adherence`` (shapes text latents: see
+    :func:`kaleido.metrics.adherence.text_adherence`)."""
+
+    def __init__(
+        self,
+        conditions: Sequence[str] = ("a circle", "a square", "a triangle"),
+        samples_per_condition: int = 8,
+        cfg_scale: float | None = None,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        adherence: bool = False,
+    ) -> None:
+        self.conditions = [c for c in conditions for _ in range(samples_per_condition)]
+        self.samples_per_condition = samples_per_condition
+        self.cfg_scale, self.sampler, self.num_steps = cfg_scale, sampler, num_steps
+        self.every_n_epochs, self.seed, self.adherence = every_n_epochs, seed, adherence
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not isinstance(pl_module, ConditionalDiffusion):
+            return
+        if trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
+            return
+        out = pl_module.generate(
+            self.conditions, cfg_scale=self.cfg_scale, sampler=self.sampler, num_steps=self.num_steps, seed=self.seed
+        )
+        if self.adherence and out.latent_texts is not None:
+            from kaleido.metrics.adherence import text_adherence
+
+            score = text_adherence(out.images, out.latent_texts)
+            pl_module.log_dict({"val/adherence": score.objects, "val/adherence_exact": score.exact}, rank_zero_only=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                step = trainer.global_step
+                grid = image_grid(out.images, nrow=self.samples_per_condition, upscale=2)
+                logger.experiment.add_image("samples", grid, step)
+                if out.latent_texts is not None:
+                    rows = [f"| {i} | {c} | {z} |" for i, (c, z) in enumerate(zip(out.conditions, out.latent_texts))]
+                    table = "| # | condition | latent z |\n|---|---|---|\n" + "\n".join(rows)
+                    logger.experiment.add_text("samples/latents", table, step)

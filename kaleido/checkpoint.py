@@ -1,0 +1,69 @@
+"""``kaleido.load(ckpt_path)``: rebuild a trained model for Python use, without the CLI.
+
+A checkpoint carries the class, the constructor arguments (plain data) and the tokenizer, so loading
+needs no pickled code: ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from kaleido.modules.common import CHECKPOINT_KEY
+from kaleido.tokenizer import KaleidoTokenizer
+
+M = TypeVar("M", bound=LightningModule)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise ValueError(
+            f"{path} is not a kaleido checkpoint (it has no {CHECKPOINT_KEY!r} record); kaleido.load reads "
+            "checkpoints written by `python -m kaleido fit` (Kaleido, DiffusionModel or LatentPrior)"
+        )
+    return checkpoint
+
+
+def _model_class(class_path: str) -> type[LightningModule]:
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def load(
+    ckpt_path: str | Path,
+    map_location: str | torch.device = "cpu",
+    expected: type[M] | tuple[type[M], ...] = LightningModule,  # type: ignore[assignment]
+) -> M:
+    """The model stored in ``ckpt_path`` (with EMA weights when trained with the EMA callback), in eval mode.
+
+    ``expected`` restricts the accepted model classes, with a clear error for any other.
+    """
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    record = checkpoint[CHECKPOINT_KEY]
+    cls = _model_class(record["class_path"])
+    if not issubclass(cls, expected):
+        names = [c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,))]
+        raise TypeError(f"{ckpt_path} holds a {cls.__name__} checkpoint; expected one of: {', '.join(names)}")
+    tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"])
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    model = cls(tokenizer=tokenizer, **hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(map_location).eval()  # type: ignore[return-value]
+
+
+def load_prior_weights(prior: nn.Module, ckpt_path: str | Path) -> None:
+    """Start ``prior`` (a LatentPriorNet) from the prior of a LatentPrior or Kaleido checkpoint."""
+    state = read_checkpoint(ckpt_path)["state_dict"]
+    weights = {k.removeprefix("prior."): v for k, v in state.items() if k.startswith("prior.")}
+    if not weights:
+        raise ValueError(f"{ckpt_path} holds no prior weights (no 'prior.*' parameters)")
+    prior.load_state_dict(weights)

@@ -1,0 +1,35 @@
+"""Batches of (image, condition, latents) → tensors the models take; tokenisation happens here,
+in the loader workers, so the training step only sees ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kaleido.tokenizer import KaleidoTokenizer
+
+
+class Collate:
+    """Items ``{"id", "image" [3,H,W] in [-1,1], "condition": str, "latents": {type: object}}`` → batch."""
+
+    def __init__(self, tokenizer: KaleidoTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        conditions = [item["condition"] for item in items]
+        condition_ids, condition_mask = tok.encode_conditions(conditions)
+        batch: dict[str, Any] = {
+            "id": [item["id"] for item in items],
+            "image": torch.stack([item["image"] for item in items]),
+            "condition": conditions,
+            "condition_ids": condition_ids,
+            "condition_mask": condition_mask,
+        }
+        if tok.latent_names:
+            texts = [tok.format_latents(item["latents"]) for item in items]
+            batch["latent_ids"], batch["latent_mask"] = tok.pad([tok.encode_latent_texts(t) for t in texts])
+            batch["latent_text"] = [tok.join_latent_texts(t) for t in texts]
+        return batch

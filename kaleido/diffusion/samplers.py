@@ -1,0 +1,164 @@
+"""Reverse-process samplers over a respaced subset of the schedule's timesteps.
+
+Both samplers walk K timesteps τ_{K-1} = T-1 > ... > τ_0 = 0 chosen evenly as in improved-DDPM, and
+treat them as a K-step schedule with ᾱ'_i = ᾱ[τ_i] and ᾱ'_{-1} = 1 (clean data). The network is always
+called with the ORIGINAL timestep index τ_i, so a model trained on T steps needs no rescaling.
+
+Randomness comes only from `generator` (if given). It must live on the same device as `noise`
+(PyTorch refuses a CPU generator for CUDA sampling); with a CUDA generator the samples are
+reproducible per seed on that device.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kaleido.diffusion.schedule import PREDICTIONS, CosineSchedule, Prediction, output_to_x0_eps
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+"""(x_t [B, C, H, W], t [B] long original timestep index in 0..T-1) -> model output."""
+
+
+def respaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
+    """`num_steps` timesteps from T-1 down to 0, evenly spaced with a fractional stride (improved-DDPM)."""
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must be in 1..{num_timesteps}, got {num_steps}")
+    if num_steps == 1:
+        return [num_timesteps - 1]
+    stride = (num_timesteps - 1) / (num_steps - 1)  # >= 1, so rounded indices are distinct
+    return [int(math.floor(i * stride + 0.5)) for i in reversed(range(num_steps))]
+
+
+class Sampler(ABC):
+    """Base class: holds the respaced schedule and runs the reverse loop; subclasses define one step."""
+
+    def __init__(
+        self, schedule: CosineSchedule, num_steps: int, prediction: Prediction = "v", clip_x0: bool = True
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.num_steps = num_steps
+        self.prediction = prediction
+        self.clip_x0 = clip_x0
+        steps = respaced_timesteps(schedule.num_timesteps, num_steps)
+        self.timesteps = torch.tensor(steps, dtype=torch.long)  # decreasing: T-1 ... 0
+        self._steps = steps
+        abar = schedule.alphas_cumprod.detach().cpu().double()[self.timesteps].tolist()
+        # Python floats: constant per step, so the loop needs no device tensors and never syncs.
+        self.abar: list[float] = abar
+        self.abar_prev: list[float] = abar[1:] + [1.0]
+
+    def predict(self, denoise: DenoiseFn, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
+        """(x0, ε) estimates at loop position i, with x0 optionally clipped to [-1, 1] and ε made consistent."""
+        t = torch.full((x.shape[0],), self._steps[i], dtype=torch.long, device=x.device)
+        out = denoise(x, t).to(x.dtype)
+        a, s = math.sqrt(self.abar[i]), math.sqrt(1 - self.abar[i])
+        x0, eps = output_to_x0_eps(x, out, a, s, self.prediction)
+        if not self.clip_x0:
+            return x0, eps
+        x0 = x0.clamp(-1, 1)
+        # Recompute ε from (the clipped) x0 so both estimates describe the same x_t.
+        return x0, (x - a * x0) / s
+
+    @abstractmethod
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        """One reverse step from loop position i to i+1 (i.e. from τ_i to the next smaller timestep)."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        denoise: DenoiseFn,
+        noise: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Integrate from pure noise x_{T-1} = `noise` to x0 (in [-1, 1] when `clip_x0`)."""
+        x = noise
+        for i in tqdm(range(self.num_steps), disable=not progress, desc=type(self).__name__):
+            x0, eps = self.predict(denoise, x, i)
+            x = self.step(x, x0, eps, i, generator)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_steps={self.num_steps}, prediction={self.prediction!r}, clip_x0={self.clip_x0})"
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling with the posterior q(x_{t'} | x_t, x0) of the respaced chain.
+
+    Uses the small, "β-tilde" posterior variance β̃ = β' (1 − ᾱ'_prev) / (1 − ᾱ') as in ADM / MDM
+    with fixed variances. The last step (to t = 0's predecessor, ᾱ'_prev = 1) has β̃ = 0 and returns x0.
+    """
+
+    def __init__(
+        self,
+        schedule: CosineSchedule,
+        num_steps: int = 250,
+        prediction: Prediction = "v",
+        clip_x0: bool = True,
+    ) -> None:
+        super().__init__(schedule, num_steps, prediction, clip_x0)
+
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        abar, abar_prev = self.abar[i], self.abar_prev[i]
+        beta = 1 - abar / abar_prev  # β' of the respaced chain
+        coef_x0 = beta * math.sqrt(abar_prev) / (1 - abar)
+        coef_xt = (1 - abar_prev) * math.sqrt(1 - beta) / (1 - abar)
+        mean = coef_x0 * x0 + coef_xt * x
+        var = beta * (1 - abar_prev) / (1 - abar)
+        if var == 0.0:  # final step: deterministic (Python float, not a tensor branch)
+            return mean
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + math.sqrt(var) * z
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021): x_prev = sqrt(ᾱ_prev) x0 + sqrt(1 − ᾱ_prev − σ²) ε + σ z.
+
+    σ = η sqrt((1 − ᾱ_prev)/(1 − ᾱ)) sqrt(1 − ᾱ/ᾱ_prev); η = 0 is deterministic given the noise,
+    η = 1 matches the DDPM posterior variance.
+    """
+
+    def __init__(
+        self,
+        schedule: CosineSchedule,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        prediction: Prediction = "v",
+        clip_x0: bool = True,
+    ) -> None:
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        super().__init__(schedule, num_steps, prediction, clip_x0)
+        self.eta = eta
+
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        abar, abar_prev = self.abar[i], self.abar_prev[i]
+        sigma = self.eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
+        if sigma == 0.0:
+            return x
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + sigma * z
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", eta={self.eta})"
+
+
+def build_sampler(
+    name: Literal["ddpm", "ddim"], schedule: CosineSchedule, num_steps: int, **kwargs: object
+) -> Sampler:
+    """Construct a sampler by name; `kwargs` go to its constructor (e.g. eta, prediction, clip_x0)."""
+    samplers: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+    if name not in samplers:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(samplers)}")
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= schedule.num_timesteps:
+        raise ValueError(f"num_steps must be an int in 1..{schedule.num_timesteps}, got {num_steps!r}")
+    return samplers[name](schedule, num_steps=num_steps, **kwargs)  # type: ignore[arg-type]

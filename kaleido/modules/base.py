@@ -1,0 +1,221 @@
+"""What the baseline and Kaleido share: a pixel-space UNet denoiser over a conditioning sequence,
+the v-prediction loss with (c, z) dropped together, Adam with warm-up, CFG sampling, and a
+checkpoint that carries its config and tokenizer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from kaleido.diffusion.guidance import classifier_free_guidance, conditioned
+from kaleido.diffusion.samplers import build_sampler
+from kaleido.diffusion.schedule import CosineSchedule
+from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record
+from kaleido.modules.settings import (
+    DiffusionSettings,
+    OptimizerSettings,
+    SamplingSettings,
+    T5Settings,
+    UNetSettings,
+    from_dict,
+    to_dict,
+)
+from kaleido.nn.unet import UNet
+from kaleido.tokenizer import KaleidoTokenizer
+
+@dataclass
+class Conditioning:
+    states: Tensor  # [B, L, D] the sequence the denoiser cross-attends to
+    mask: Tensor  # [B, L] bool, True = real token
+    losses: dict[str, Tensor] = field(default_factory=dict)  # weighted auxiliary losses (e.g. the prior's)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimised
+
+
+@dataclass
+class Generation:
+    images: Tensor  # [N, 3, H, W] in [-1, 1], on the CPU
+    conditions: list[str]
+    latent_texts: list[str] | None  # the editable z each image was drawn from (None for the baseline)
+
+
+class ConditionalDiffusion(LightningModule, ABC):
+    """Base class. Subclasses say how a batch becomes a conditioning sequence (``condition``)."""
+
+    uses_latents: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        tokenizer: KaleidoTokenizer | None,
+        image_size: int,
+        t5: T5Settings | dict | None,
+        unet: UNetSettings | dict | None,
+        diffusion: DiffusionSettings | dict | None,
+        sampling: SamplingSettings | dict | None,
+        optimizer: OptimizerSettings | dict | None,
+        compile: bool,
+        extra_hparams: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        if tokenizer is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the tokenizer built by the data module: the CLI links it "
+                "(data → model); in Python pass tokenizer=datamodule.tokenizer or use kaleido.load(ckpt)"
+            )
+        names = tokenizer.latent_names
+        if self.uses_latents and not names:
+            raise ValueError("Kaleido needs at least one latent type in data.latents; the model without z is DiffusionModel")
+        if not self.uses_latents and names:
+            raise ValueError(f"DiffusionModel (the baseline) takes no latents, but the data yields {names}; use kaleido.Kaleido")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.t5_settings = from_dict(T5Settings, t5)
+        self.unet_settings = from_dict(UNetSettings, unet)
+        self.diffusion_settings = from_dict(DiffusionSettings, diffusion)
+        self.sampling = from_dict(SamplingSettings, sampling)
+        self.optimizer_settings = from_dict(OptimizerSettings, optimizer)
+        self.compile_denoiser = compile
+        self.save_hyperparameters({**self.hparams_dict(), **extra_hparams}, logger=True)
+        self.schedule = CosineSchedule(self.diffusion_settings.num_timesteps)
+
+    def hparams_dict(self) -> dict[str, Any]:
+        """Constructor arguments as plain data (what a checkpoint stores and ``kaleido.load`` replays)."""
+        return {
+            "image_size": self.image_size,
+            "t5": to_dict(self.t5_settings),
+            "unet": to_dict(self.unet_settings),
+            "diffusion": to_dict(self.diffusion_settings),
+            "sampling": to_dict(self.sampling),
+            "optimizer": to_dict(self.optimizer_settings),
+            "compile": self.compile_denoiser,
+        }
+
+    def build_denoiser(self, cond_dim: int) -> UNet:
+        unet = UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
+        if self.compile_denoiser:
+            unet.compile()  # in place: parameter names (and checkpoints) stay the same
+        return unet
+
+    # -- conditioning ---------------------------------------------------------------------------
+    @abstractmethod
+    def condition(self, batch: dict[str, Any]) -> Conditioning:
+        """Token ids of a batch → the denoiser's conditioning sequence (+ auxiliary losses)."""
+
+    # -- training ---------------------------------------------------------------------------------
+    def diffusion_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+        """MSE on the chosen target at uniform t; each row's whole conditioning dropped w.p. p_uncond."""
+        batch = images.shape[0]
+        t = self.schedule.sample_timesteps(batch, images.device, generator)
+        noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
+        uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
+        x_t = self.schedule.add_noise(images, noise, t)
+        output = self.unet(x_t, t, cond.states, cond.mask, uncond)
+        target = self.schedule.target(images, noise, t, self.diffusion_settings.prediction)
+        return F.mse_loss(output.float(), target.float())
+
+    def _step(self, batch: dict[str, Any], stage: str, generator: torch.Generator | None = None) -> Tensor:
+        cond = self.condition(batch)
+        loss_diff = self.diffusion_loss(batch["image"], cond, generator)
+        loss = loss_diff + sum(cond.losses.values(), torch.zeros((), device=loss_diff.device))
+        size = batch["image"].shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        self.log(f"{stage}/loss_diff", loss_diff, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        for name, value in {**cond.losses, **cond.metrics}.items():
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: ARG002
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # Fixed noise per batch so validation losses compare across epochs.
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        return self._step(batch, "val", generator)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        return self._step(batch, "test", generator)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adam_with_warmup(self.parameters(), self.optimizer_settings)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = checkpoint_record(self, self.tokenizer)
+
+    # -- sampling ---------------------------------------------------------------------------------
+    def encode_conditions(self, conditions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        ids, mask = self.tokenizer.encode_conditions(conditions)
+        return ids.to(self.device), mask.to(self.device)
+
+    def sample_images(
+        self, cond: Conditioning, cfg_scale: float, sampler: str, num_steps: int, generator: torch.Generator
+    ) -> Tensor:
+        shape = (cond.states.shape[0], 3, self.image_size, self.image_size)
+        noise = torch.randn(shape, device=self.device, generator=generator)
+        model_fn = conditioned(self.unet, cond.states, cond.mask)
+        denoise = classifier_free_guidance(model_fn, cfg_scale)
+        run = build_sampler(sampler, self.schedule, num_steps, prediction=self.diffusion_settings.prediction)  # type: ignore[arg-type]
+        return run(denoise, noise, generator=generator)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conditions: Sequence[str],
+        *,
+        latents: Sequence[str | None] | None = None,
+        cfg_scale: float | None = None,
+        sampler: str | None = None,
+        num_steps: int | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> Generation:
+        """Sample one image per condition. ``latents`` (Kaleido only): an editable z per condition that
+        replaces the sampled one (``None`` entries are sampled). The diffusion noise depends only on
+        ``seed`` and the position, so an edited z regenerates from the same noise."""
+        conditions = list(conditions)
+        if latents is not None and len(latents) != len(conditions):
+            raise ValueError(f"got {len(latents)} latents for {len(conditions)} conditions; give one per condition")
+        settings = self.sampling
+        images, texts = [], []
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = range(0, len(conditions), batch_size)
+            for start in chunks:
+                part = conditions[start : start + batch_size]
+                part_latents = None if latents is None else list(latents[start : start + batch_size])
+                chunk_seed = seed * 1_000_003 + start
+                cond, latent_texts = self.sampling_conditioning(part, part_latents, chunk_seed)
+                generator = torch.Generator(self.device).manual_seed(chunk_seed)
+                x = self.sample_images(
+                    cond,
+                    settings.cfg_scale if cfg_scale is None else cfg_scale,
+                    sampler or settings.sampler,
+                    num_steps or settings.num_steps,
+                    generator,
+                )
+                images.append(x.float().cpu())
+                texts += latent_texts or []
+        finally:
+            self.train(was_training)
+        return Generation(torch.cat(images), conditions, texts if self.uses_latents else None)
+
+    @abstractmethod
+    def sampling_conditioning(
+        self, conditions: list[str], latents: list[str | None] | None, seed: int
+    ) -> tuple[Conditioning, list[str] | None]:
+        """The conditioning for sampling (Kaleido draws z here) and the latent texts used."""
+
+    def num_parameters(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()}
+
+

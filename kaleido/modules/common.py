@@ -1,0 +1,63 @@
+"""Pieces every LightningModule of kaleido shares: the optimiser, the checkpoint record, z sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from kaleido.__about__ import __version__
+from kaleido.modules.settings import OptimizerSettings, SamplingSettings
+from kaleido.nn.prior import LatentPriorNet
+from kaleido.tokenizer import KaleidoTokenizer
+
+CHECKPOINT_KEY = "kaleido"
+
+
+def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSettings) -> dict[str, Any]:
+    """Adam with a linear learning-rate warm-up, stepped per optimiser step (Lightning's format)."""
+    params = [p for p in parameters if p.requires_grad]
+    fused = all(p.is_cuda for p in params)  # one kernel for all parameters on the GPU
+    optimizer = torch.optim.Adam(
+        params, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
+        fused=fused or None,
+    )
+    warmup = max(1, settings.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def checkpoint_record(module: LightningModule, tokenizer: KaleidoTokenizer) -> dict[str, Any]:
+    """What ``kaleido.load`` needs beyond the weights and hparams: the class and the tokenizer."""
+    cls = type(module)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "tokenizer": tokenizer.state_dict(), "version": __version__}
+
+
+@torch.no_grad()
+def sample_latent_ids(
+    prior: LatentPriorNet,
+    tokenizer: KaleidoTokenizer,
+    encoded: Tensor,
+    condition_mask: Tensor,
+    settings: SamplingSettings,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """z ~ p(z | c), starting with the first type's tag; ids and mask up to and including ``</s>``.
+
+    Seeded on a forked RNG so that drawing z leaves the caller's random state (and the diffusion
+    noise) untouched.
+    """
+    prompt = torch.full_like(condition_mask[:, :1], tokenizer.tag_ids[tokenizer.latent_names[0]], dtype=torch.long)
+    devices = [encoded.device] if encoded.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        ids = prior.sample(
+            encoded, condition_mask, prompt, tokenizer.max_latent_length,
+            temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        )
+    is_eos = (ids == tokenizer.eos_id).long()
+    mask = (torch.cumsum(is_eos, dim=1) - is_eos) == 0
+    return ids.masked_fill(~mask, tokenizer.pad_id), mask

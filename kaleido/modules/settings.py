@@ -1,0 +1,80 @@
+"""Plain, typed settings groups. jsonargparse turns each into a YAML section; checkpoints store them
+as dicts of plain values, so loading never needs to unpickle code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, TypeVar
+
+from kaleido.nn.prior import T5Settings
+
+S = TypeVar("S")
+
+
+@dataclass
+class UNetSettings:
+    """The denoiser's size (see :class:`kaleido.nn.unet.UNet`); its conditioning width follows the T5."""
+
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1, 2)
+    num_heads: int = 4
+    cond_layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionSettings:
+    """The forward process and training objective (paper: cosine, 1000 steps, v-prediction, MSE)."""
+
+    num_timesteps: int = 1000
+    prediction: Literal["v", "eps", "x0"] = "v"
+    p_uncond: float = 0.1  # (c, z) dropped together with this probability: learns the null conditioning
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+
+
+@dataclass
+class SamplingSettings:
+    """Defaults for ``generate`` (paper: DDPM ancestral, 250 respaced steps, x0 clipped)."""
+
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    num_steps: int = 250
+    cfg_scale: float = 3.0
+    temperature: float = 1.0  # the prior's; 1.0 is what the diversity argument assumes
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class OptimizerSettings:
+    """Adam with linear warm-up, as in the paper (lr 1e-4, β 0.9/0.99, ε 1e-8, no weight decay)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 1000
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    return asdict(settings)
+
+
+def from_dict(cls: type[S], value: S | dict[str, Any] | None) -> S:
+    """Rebuild a settings dataclass from a checkpoint dict (lists back to tuples); pass instances through."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(value) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; accepted: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+
+
+__all__ = ["DiffusionSettings", "OptimizerSettings", "SamplingSettings", "T5Settings", "UNetSettings", "from_dict", "to_dict"]

@@ -1,0 +1,64 @@
+"""Multi-head attention on `F.scaled_dot_product_attention`, and a pre-norm transformer block.
+
+Masks are key-padding masks: bool [B, L], True = real token that may be attended to. Every row must
+keep at least one key (an all-False row gives NaN); `UNet` guarantees this with an always-kept null token.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (`context=None`) or cross-attention from `x` [B, N, dim] to `context` [B, L, context_dim]."""
+
+    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Attend from x to context (or x); `mask` [B, L] bool, True = keep that key."""
+        context = x if context is None else context
+        b, n, d = x.shape
+        h = self.num_heads
+        q = self.to_q(x).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.to_kv(context).view(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        # [B, 1, 1, L] broadcasts over heads and queries; SDPA treats True as "take part in attention".
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class MLP(nn.Module):
+    """Two-layer GELU feed-forward."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden_dim), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden_dim, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer layer: x + SelfAttn(LN(x), mask), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x [B, L, dim]; mask [B, L] bool (True = real token). Padded positions produce unused garbage."""
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.mlp(self.norm2(x))

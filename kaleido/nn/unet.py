@@ -1,0 +1,162 @@
+"""Pixel-space conditional U-Net (ADM layout, Matryoshka-Diffusion style sequence conditioning).
+
+Conditioning path (`UNet.encode_condition`):
+  1. project cond [B, L, cond_dim] to the embedding width E = 4 · base_channels;
+  2. prepend a learned null token that is never masked; rows with `uncond=True` mask out every real
+     token, so dropping the condition (CFG training / sampling) is a pure mask operation and the
+     unconditional model sees a learned null conditioning;
+  3. `cond_layers` pre-norm transformer layers over the (masked) sequence;
+  4. a masked mean over the sequence is added to the timestep embedding (global conditioning), and the
+     sequence is the key/value input of cross-attention at `attention_levels` and in the middle block.
+Padded tokens never reach a real token, the pool or a cross-attention output, so outputs do not depend
+on padding length or content.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kaleido.nn.attention import TransformerBlock
+from kaleido.nn.blocks import (
+    AttentionBlock,
+    CondSequential,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+    zero_init,
+)
+
+
+class UNet(nn.Module):
+    """Conditional U-Net ε/v/x0 predictor: `forward(x, t, cond, cond_mask, uncond) -> [B, C, H, W]`.
+
+    Args:
+        in_channels: image channels (output has the same number).
+        base_channels: width of the first level; the timestep / conditioning width is 4× this.
+        channel_mult: per-level width multipliers; the resolution halves between levels, so H and W
+            must be divisible by 2 ** (len(channel_mult) - 1).
+        num_res_blocks: ResBlocks per level on the way down (one more on the way up).
+        attention_levels: indices into `channel_mult` that get self+cross attention after each ResBlock.
+        num_heads: heads of every attention layer.
+        cond_dim: feature size of the conditioning sequence.
+        cond_layers: transformer layers applied to the conditioning sequence.
+        dropout: dropout inside ResBlocks and the conditioning MLPs.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        base_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: tuple[int, ...] = (1, 2),
+        num_heads: int = 4,
+        cond_dim: int = 256,
+        cond_layers: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not channel_mult:
+            raise ValueError("channel_mult must have at least one level")
+        if any(not 0 <= lvl < len(channel_mult) for lvl in attention_levels):
+            raise ValueError(f"attention_levels {attention_levels} must index channel_mult {channel_mult}")
+        self.in_channels = in_channels
+        self.base_channels = base_channels
+        self.downsample_factor = 2 ** (len(channel_mult) - 1)
+        emb_dim = 4 * base_channels
+        self.emb_dim = emb_dim
+
+        self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        # Conditioning sequence encoder.
+        self.cond_proj = nn.Linear(cond_dim, emb_dim)
+        self.null_token = nn.Parameter(torch.randn(1, 1, emb_dim) * 0.02)
+        self.cond_blocks = nn.ModuleList(TransformerBlock(emb_dim, num_heads, dropout=dropout) for _ in range(cond_layers))
+        self.cond_norm = nn.LayerNorm(emb_dim)
+        self.pool_proj = nn.Linear(emb_dim, emb_dim)
+
+        def res(cin: int, cout: int) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, dropout)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads, context_dim=emb_dim)
+
+        self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        ch = base_channels
+        skip_channels = [ch]
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                blocks: list[nn.Module] = [res(ch, mult * base_channels)]
+                ch = mult * base_channels
+                if level in attention_levels:
+                    blocks.append(attn(ch))
+                self.down.append(CondSequential(blocks))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(CondSequential([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        self.middle = CondSequential([res(ch, ch), attn(ch), res(ch, ch)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                blocks = [res(ch + skip_channels.pop(), mult * base_channels)]
+                ch = mult * base_channels
+                if level in attention_levels:
+                    blocks.append(attn(ch))
+                if level > 0 and i == num_res_blocks:
+                    blocks.append(Upsample(ch))
+                self.up.append(CondSequential(blocks))
+
+        # Zero-init output: the untrained model predicts 0 (= the mean target for v / eps).
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    @property
+    def num_params(self) -> int:
+        """Number of parameters (all trainable)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def encode_condition(
+        self, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (context [B, 1+L, E], context_mask [B, 1+L] bool, pooled [B, E]); position 0 is the null token."""
+        keep = cond_mask.bool()
+        if uncond is not None:
+            keep = keep & ~uncond.bool()[:, None]
+        # Zero dropped tokens before they touch any weight: masked garbage (even NaN/inf) cannot leak.
+        cond = cond.masked_fill(~keep[..., None], 0.0)
+        tokens = self.cond_proj(cond)
+        b = tokens.shape[0]
+        null = self.null_token.to(tokens.dtype).expand(b, -1, -1)
+        context = torch.cat([null, tokens], dim=1)
+        mask = torch.cat([keep.new_ones(b, 1), keep], dim=1)
+        for block in self.cond_blocks:
+            context = block(context, mask)
+        context = self.cond_norm(context)
+        w = mask[..., None].to(context.dtype)
+        pooled = (context * w).sum(dim=1) / w.sum(dim=1)  # >= 1 kept token (the null), never 0/0
+        return context, mask, self.pool_proj(pooled)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
+        """x [B, C, H, W]; t [B] timestep values (long or float); cond [B, L, cond_dim]; cond_mask [B, L]
+        bool (True = real token); uncond [B] bool, True = drop the condition for that row."""
+        f = self.downsample_factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise ValueError(f"spatial size {tuple(x.shape[-2:])} must be divisible by {f}")
+        context, mask, pooled = self.encode_condition(cond, cond_mask, uncond)
+        emb = self.time_embed(timestep_embedding(t, self.base_channels)) + pooled
+
+        h = self.input_conv(x)
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb, context, mask)
+            skips.append(h)
+        h = self.middle(h, emb, context, mask)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
+        return self.out(h)
