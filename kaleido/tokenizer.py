@@ -65,7 +65,7 @@ class KaleidoTokenizer:
         tokenizer.decoder = decoders.ByteLevel()
         specials = cls.special_tokens(latent_types)
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size + len(specials),
+            vocab_size=vocab_size,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,

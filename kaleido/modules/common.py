@@ -19,11 +19,10 @@ CHECKPOINT_KEY = "kaleido"
 
 def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSettings) -> dict[str, Any]:
     """Adam with a linear learning-rate warm-up, stepped per optimiser step (Lightning's format)."""
-    params = [p for p in parameters if p.requires_grad]
-    fused = all(p.is_cuda for p in params)  # one kernel for all parameters on the GPU
+    # Not fused: Lightning refuses gradient clipping (the paper's) with optimisers that unscale internally.
     optimizer = torch.optim.Adam(
-        params, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
-        fused=fused or None,
+        [p for p in parameters if p.requires_grad],
+        lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
     )
     warmup = max(1, settings.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

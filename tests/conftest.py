@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny tokenizer and tiny models built from config (random init, nothing downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaleido.data.shapes import ShapesConfig
+from kaleido.data.shapes_datamodule import ShapesDataModule
+from kaleido.latents import TextLatent
+from kaleido.modules.settings import SamplingSettings, T5Settings, UNetSettings
+
+TINY_T5 = T5Settings(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
+TINY_UNET = UNetSettings(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1)
+TINY_SAMPLING = SamplingSettings(sampler="ddim", num_steps=3)
+
+
+def tiny_datamodule(latents: bool = True, **kwargs: object) -> ShapesDataModule:
+    settings = dict(
+        latents=[TextLatent(grammar="shapes")] if latents else [],
+        shapes=ShapesConfig(resolution=16, max_objects=2),
+        num_train=64,
+        num_val=8,
+        num_test=8,
+        batch_size=4,
+    )
+    settings.update(kwargs)
+    return ShapesDataModule(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def text_data() -> ShapesDataModule:
+    return tiny_datamodule()
+
+
+@pytest.fixture(scope="session")
+def baseline_data() -> ShapesDataModule:
+    return tiny_datamodule(latents=False)
+
+
+def tiny_model_kwargs() -> dict:
+    return {"image_size": 16, "t5": TINY_T5, "unet": TINY_UNET, "sampling": TINY_SAMPLING}
