@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
 
         from kaleido.sample import sample
 
-        CLI({"sample": sample, "latents": latents}[command], args=rest, as_positional=False)
+        try:
+            CLI({"sample": sample, "latents": latents}[command], args=rest, as_positional=False)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as error:  # bad input: say what, no traceback
+            raise SystemExit(f"error: {error}") from None
     else:
         raise SystemExit(f"unknown command {command!r}; choose one of {', '.join([*LIGHTNING_COMMANDS, *commands])}")
 

@@ -30,6 +30,10 @@ _TOKEN = re.compile(r"[a-z]+|\S")
 class ShapesTextError(ValueError):
     """A description that does not follow the grammar; the message names the position."""
 
+    def __init__(self, position: int, expected: str, found: str) -> None:
+        self.position, self.expected, self.found = position, expected, found
+        super().__init__(f"expected {expected} at position {position}, found {found}")
+
 
 @dataclass(frozen=True)
 class DescribedObject:
@@ -103,7 +107,7 @@ class _Tokens:
 
     def fail(self, expected: str) -> ShapesTextError:
         found = f"'{self.peek()}'" if self.peek() is not None else "the end of the text"
-        return ShapesTextError(f"expected {expected} at position {self.offset()}, found {found}")
+        return ShapesTextError(self.offset(), expected, found)
 
     def take(self, *accepted: str, expected: str | None = None) -> str:
         token = self.peek()

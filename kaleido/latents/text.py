@@ -66,7 +66,8 @@ class TextLatent(LatentType):
 class ShapesTextExtractor(Extractor):
     """Describes ``shapes`` images with the analytic parser (no model needed)."""
 
-    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[str]:  # noqa: ARG002
-        from kaleido.data.shapes_analysis import describe_image
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[str]:
+        from kaleido.data.shapes_scene import scene_from_image
+        from kaleido.data.shapes_text import describe
 
-        return [describe_image(image) for image in images]
+        return [describe(scene_from_image(image, condition)) for image, condition in zip(images, conditions)]

@@ -36,7 +36,7 @@ class LatentPrior(LightningModule):
         optimizer: OptimizerSettings | None = None,
     ) -> None:
         super().__init__()
-        del image_size
+        self.image_size = image_size  # unused; see Args
         if tokenizer is None or not tokenizer.latent_names:
             raise ValueError("LatentPrior needs the data module's tokenizer with at least one latent type (data.latents)")
         self.tokenizer = tokenizer

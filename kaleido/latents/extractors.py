@@ -1,0 +1,183 @@
+"""Model-backed extractors for real images: a detector for boxes, SAM for blobs.
+
+Both load ``transformers`` checkpoints from a local directory only (``local_files_only=True``): nothing
+is downloaded at run time. Put a checkpoint there once with ``save_pretrained`` (or
+``huggingface-cli download --local-dir``) and point the extractor at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kaleido.latents.base import Extractor
+from kaleido.latents.blob import BlobLatent, GroundedBlob
+from kaleido.latents.box import BoxLatent, GroundedBox
+from kaleido.latents.geometry import Order, box_mask, clean_phrase, ellipse_from_mask, to_uint8_images
+
+
+def _local_dir(path: str, what: str) -> Path:
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{what} checkpoint not found: {directory} has no config.json. Extractors load local directories "
+            "only (nothing is downloaded); save one there with `save_pretrained` first"
+        )
+    return directory
+
+
+@runtime_checkable
+class BoxSource(Protocol):
+    """What a blob extractor needs from a box extractor: the grid of its boxes, and the boxes."""
+
+    grid: int
+
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBox]]: ...
+
+
+class DetectorBoxExtractor(Extractor):
+    """Boxes from a closed-vocabulary object detector (DETR-style ``AutoModelForObjectDetection``).
+
+    The phrase is the detected class name (``model.config.id2label``), cleaned into a valid phrase.
+    The best-scoring ``max_objects`` detections above ``threshold`` are kept, then put in ``order``.
+
+    Args:
+        model_path: local directory with the detector and its image processor (``save_pretrained``).
+        labels: class names to keep (``None``: all); an unknown name is an error.
+        threshold: keep detections whose score is above this.
+        grid / max_objects / order: those of the :class:`~kaleido.latents.box.BoxLatent` produced.
+        device: where the detector runs.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        labels: list[str] | None = None,
+        threshold: float = 0.3,
+        grid: int = 1000,
+        max_objects: int = 8,
+        order: Order = "raster",
+        device: str = "cpu",
+    ) -> None:
+        from transformers import AutoImageProcessor, AutoModelForObjectDetection  # late: a slow import
+
+        directory = _local_dir(model_path, "detector")
+        self.processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
+        self.model = AutoModelForObjectDetection.from_pretrained(directory, local_files_only=True).to(device).eval()
+        self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        if labels is not None:
+            unknown = sorted(set(labels) - set(self.id2label.values()))
+            if unknown:
+                raise ValueError(f"labels {unknown} are not classes of {directory}; it knows {sorted(self.id2label.values())}")
+        self.labels = None if labels is None else set(labels)
+        self.threshold, self.grid, self.device = threshold, grid, device
+        self.latent = BoxLatent(grid, max_objects, order)
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> list[list[tuple[float, str, tuple[float, float, float, float]]]]:
+        """Per image: ``(score, phrase, normalised box)``, best score first, filtered by label and threshold."""
+        arrays = to_uint8_images(images)
+        height, width = arrays[0].shape[:2]
+        inputs = self.processor(images=arrays, return_tensors="pt").to(self.device)
+        outputs = self.model(**inputs)
+        results = self.processor.post_process_object_detection(
+            outputs, threshold=self.threshold, target_sizes=[(height, width)] * len(arrays)
+        )
+        scale = np.array([width, height, width, height], dtype=np.float64)
+        detections = []
+        for result in results:
+            found = []
+            for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].cpu().numpy()):
+                name = self.id2label.get(int(label), f"LABEL_{int(label)}")
+                phrase = clean_phrase(name)
+                if phrase is None or (self.labels is not None and name not in self.labels):
+                    continue
+                found.append((float(score), phrase, tuple(float(v) for v in np.clip(box / scale, 0.0, 1.0))))
+            detections.append(sorted(found, key=lambda d: -d[0]))
+        return detections
+
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBox]]:  # noqa: ARG002
+        return [
+            self.latent.canonical([self.latent.from_normalised(phrase, box) for _, phrase, box in found[: self.latent.max_objects]])
+            for found in self.detect(images)
+        ]
+
+
+class SamBlobExtractor(Extractor):
+    """Blobs the paper's way: each box of ``box_extractor`` prompts SAM, the mask becomes an ellipse.
+
+    The ellipse is the mask's second-moment fit (:func:`~kaleido.latents.geometry.ellipse_from_mask`);
+    the phrase is the box's. An empty mask falls back to the ellipse of the box itself, so the blob
+    latent keeps one object per box (a combined box | blob latent stays aligned).
+
+    Args:
+        sam_path: local directory with a ``SamModel`` and its ``SamProcessor`` (``save_pretrained``).
+        box_extractor: anything that returns box latents and has their ``grid`` (e.g.
+            :class:`DetectorBoxExtractor`, :class:`~kaleido.latents.box.ShapesBoxExtractor`).
+        grid / max_objects / order: those of the :class:`~kaleido.latents.blob.BlobLatent` produced.
+        isotropy_tolerance: axes closer than this fraction become a circle with ``theta = 0``.
+        device: where SAM runs.
+    """
+
+    def __init__(
+        self,
+        sam_path: str,
+        box_extractor: BoxSource,
+        grid: int = 1000,
+        max_objects: int = 8,
+        order: Order = "raster",
+        isotropy_tolerance: float = 0.05,
+        device: str = "cpu",
+    ) -> None:
+        from transformers import SamModel, SamProcessor  # late: a slow import
+
+        if not isinstance(box_extractor, BoxSource):
+            raise TypeError(f"box_extractor must be callable and have a `grid` (a box extractor), got {box_extractor!r}")
+        directory = _local_dir(sam_path, "SAM")
+        self.processor = SamProcessor.from_pretrained(directory, local_files_only=True)
+        self.model = SamModel.from_pretrained(directory, local_files_only=True).to(device).eval()
+        self.box_extractor = box_extractor
+        self.isotropy_tolerance, self.grid, self.device = isotropy_tolerance, grid, device
+        self.latent = BlobLatent(grid, max_objects, order)
+
+    @torch.no_grad()
+    def masks(self, image: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+        """Boolean masks ``[N, H, W]`` for ``N`` pixel boxes ``(x1, y1, x2, y2)`` on one uint8 image."""
+        inputs = self.processor(images=image, input_boxes=[[list(map(float, b)) for b in boxes]], return_tensors="pt")
+        outputs = self.model(
+            pixel_values=inputs["pixel_values"].to(self.device),
+            input_boxes=inputs["input_boxes"].to(self.device),
+            multimask_output=False,  # one mask per box: the box is an unambiguous prompt
+        )
+        masks = self.processor.image_processor.post_process_masks(
+            outputs.pred_masks.cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]
+        return masks[:, 0].numpy().astype(bool)
+
+    def blobs(self, image: np.ndarray, boxes: Sequence[GroundedBox]) -> list[GroundedBlob]:
+        height, width = image.shape[:2]
+        source_grid = self.box_extractor.grid
+        normalised = [tuple(v / source_grid for v in b.box) for b in boxes]
+        pixel_boxes = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in normalised]
+        masks = self.masks(image, pixel_boxes) if boxes else np.zeros((0, height, width), dtype=bool)
+        blobs = []
+        for box, unit_box, mask in zip(boxes, normalised, masks):
+            region: Any = mask if mask.any() else box_mask(unit_box, height, width)
+            ellipse = ellipse_from_mask(region, self.isotropy_tolerance)
+            blobs.append(self.latent.from_normalised(box.phrase, ellipse))
+        return blobs
+
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBlob]]:
+        boxes = self.box_extractor(images, conditions)
+        return [
+            self.latent.canonical(self.blobs(image, found[: self.latent.max_objects]))
+            for image, found in zip(to_uint8_images(images), boxes)
+        ]
+
+
+__all__ = ["BoxSource", "DetectorBoxExtractor", "SamBlobExtractor"]

@@ -1,0 +1,63 @@
+"""The user's path: `python -m kaleido fit --config ...`, then `sample` from the checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kaleido.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "tests" / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: kaleido." in printed and "tokenizer" not in printed.split("model:")[1].split("data:")[0]
+
+
+def test_fit_then_sample_through_the_cli(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "kaleido"]
+    subprocess.run(
+        [*run, "fit", "--config", str(ROOT / "tests/configs/tiny_kaleido.yaml"), "--trainer.default_root_dir", str(tmp_path)],
+        check=True, cwd=tmp_path, capture_output=True, text=True,
+    )
+    checkpoints = sorted(tmp_path.rglob("*.ckpt"))
+    assert checkpoints, "fit wrote no checkpoint"
+    assert (tmp_path / "lightning_logs/version_0/config.yaml").is_file()
+    assert list((tmp_path / "lightning_logs/version_0").glob("events.out.tfevents.*")), "no TensorBoard log"
+    out = tmp_path / "samples"
+    latent = "a large blue square in the center, on a white background"
+    result = subprocess.run(
+        [*run, "sample", "--ckpt_path", str(checkpoints[-1]), "--condition", "a square", "--num_samples", "3",
+         "--cfg_scale", "2", "--num_steps", "3", "--seed", "1", "--latent", latent, "--output", str(out)],
+        check=True, cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert "wrote 3 samples" in result.stdout
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [line["latent"] for line in lines] == [latent] * 3
+    assert all(line["condition"] == "a square" and (out / line["image"]).is_file() for line in lines)
+    assert Image.open(out / "grid.png").size[0] > 32
+
+    bad = subprocess.run(
+        [*run, "sample", "--ckpt_path", str(checkpoints[-1]), "--condition", "a square", "--latent", "a huge red square",
+         "--output", str(out)], cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert bad.returncode != 0 and "at position 2" in bad.stderr
+
+
+def test_latents_command_lists_types_and_origins(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["latents"])
+    assert "text  kaleido.latents.text.TextLatent" in capsys.readouterr().out
+
+
+def test_unknown_command_says_what_exists() -> None:
+    with pytest.raises(SystemExit, match="unknown command 'train'; choose one of fit"):
+        main(["train"])

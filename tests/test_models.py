@@ -1,0 +1,169 @@
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+import kaleido
+from kaleido.latents import LatentParseError
+from kaleido.modules.base import ConditionalDiffusion
+from kaleido.modules.settings import DiffusionSettings, SamplingSettings
+from kaleido.tokenizer import SequenceTooLongError
+from tests.conftest import TINY_T5, tiny_model_kwargs
+
+LATENT = "a large red circle in the center, on a black background"
+
+
+def batch_of(data, split="train"):  # type: ignore[no-untyped-def]
+    return next(iter(data._loader(split, shuffle=False)))
+
+
+@pytest.fixture()
+def model(text_data) -> kaleido.Kaleido:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
+
+
+def test_models_refuse_the_wrong_data(text_data, baseline_data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        kaleido.Kaleido(**tiny_model_kwargs())
+    with pytest.raises(ValueError, match="at least one latent type"):
+        kaleido.Kaleido(tokenizer=baseline_data.tokenizer, **tiny_model_kwargs())
+    with pytest.raises(ValueError, match="takes no latents"):
+        kaleido.DiffusionModel(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
+    with pytest.raises(ValueError, match="p_uncond"):
+        DiffusionSettings(p_uncond=1.0)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_diffusion_loss_reaches_the_decoder_unless_detached(text_data, detach: bool) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(
+        tokenizer=text_data.tokenizer, ar_loss_weight=0.0, detach_latent_states=detach, **tiny_model_kwargs()
+    )
+    for p in model.unet.parameters():  # zero-initialised layers would block every gradient at step 0
+        if p.dim() > 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    batch = batch_of(text_data)
+    cond = model.condition(batch)
+    model.diffusion_loss(batch["image"], cond).backward()
+    decoder_grad = sum(p.grad.abs().sum() for p in model.prior.t5.decoder.block.parameters() if p.grad is not None)
+    assert (decoder_grad == 0) == detach
+    encoder_grad = sum(p.grad.abs().sum() for p in model.prior.t5.encoder.parameters() if p.grad is not None)
+    assert encoder_grad > 0  # the condition's encoder states are always part of the conditioning
+
+
+def test_joint_loss_is_diffusion_plus_weighted_nll(text_data) -> None:  # type: ignore[no-untyped-def]
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, ar_loss_weight=0.5, **tiny_model_kwargs())
+    cond = model.condition(batch_of(text_data))
+    assert torch.allclose(cond.losses["loss_ar"], 0.5 * cond.metrics["nll"])
+    states_len = batch_of(text_data)["condition_ids"].shape[1] + batch_of(text_data)["latent_ids"].shape[1]
+    assert cond.states.shape[1] == cond.mask.shape[1] == states_len
+
+
+def test_condition_and_latent_are_dropped_together(text_data) -> None:  # type: ignore[no-untyped-def]
+    model = kaleido.Kaleido(
+        tokenizer=text_data.tokenizer, diffusion=DiffusionSettings(p_uncond=0.5), **tiny_model_kwargs()
+    )
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, cond, cond_mask, uncond):  # type: ignore[no-untyped-def]
+            seen.update(cond=cond, mask=cond_mask, uncond=uncond)
+            return torch.zeros_like(x)
+
+    model.unet = Spy()
+    batch = batch_of(text_data)
+    images = batch["image"].repeat(64, 1, 1, 1)
+    cond = model.condition(batch)
+    cond.states, cond.mask = cond.states.repeat(64, 1, 1), cond.mask.repeat(64, 1)
+    model.diffusion_loss(images, cond, torch.Generator().manual_seed(0))
+    # One flag per row covers the whole sequence (c and z): the UNet masks every real token of that row.
+    assert seen["uncond"].shape == (images.shape[0],)
+    assert 0.35 < seen["uncond"].float().mean() < 0.65
+    assert seen["cond"].shape[1] == cond.states.shape[1]
+
+
+def test_greedy_sampling_with_kv_cache_matches_teacher_forcing(model) -> None:  # type: ignore[no-untyped-def]
+    tok = model.tokenizer
+    ids, mask = tok.encode_conditions(["a circle", "a square"])
+    encoded = model.prior.encode(ids, mask)
+    prompt = torch.full((2, 1), tok.tag_ids["text"])
+    sampled = model.prior.sample(encoded, mask, prompt, max_length=12, top_k=1)
+    # Re-run the decoder on the greedy output without a cache: each token must be the argmax.
+    out = model.prior.teacher_force(encoded, mask, sampled, torch.ones_like(sampled, dtype=torch.bool))
+    predicted = out.logits.argmax(-1)
+    first_eos = [(row == tok.eos_id).nonzero()[0, 0].item() if (row == tok.eos_id).any() else len(row) for row in sampled]
+    for row, end in enumerate(first_eos):
+        assert torch.equal(predicted[row, 1 : end + 1], sampled[row, 1 : end + 1])
+
+
+def test_sampling_settings_are_validated(model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="temperature"):
+        model.prior.sample(torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.long), 4, temperature=0)
+
+
+def test_generate_uses_a_given_latent_and_fixed_noise(model) -> None:  # type: ignore[no-untyped-def]
+    out = model.generate(["a circle", "a circle"], latents=[LATENT, None], seed=3)
+    assert out.images.shape == (2, 3, 16, 16) and out.images.abs().max() <= 1
+    assert out.latent_texts[0] == LATENT and out.latent_texts[1] != LATENT
+    again = model.generate(["a circle", "a circle"], latents=[LATENT, None], seed=3)
+    assert torch.equal(out.images, again.images) and out.latent_texts == again.latent_texts
+    # The untrained denoiser predicts zero, so images depend on the noise alone: an edited z keeps it.
+    edited = model.generate(["a circle", "a circle"], latents=[LATENT.replace("red", "blue"), LATENT], seed=3)
+    assert torch.equal(out.images, edited.images)
+    assert not torch.equal(out.images, model.generate(["a circle"] * 2, seed=4).images)
+
+
+def test_generate_rejects_bad_input(model, baseline_data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LatentParseError, match="expected a colour .* at position 8"):
+        model.generate(["a circle"], latents=["a large magenta circle"])
+    with pytest.raises(SequenceTooLongError, match="max_condition_length"):
+        model.generate(["a circle " * 40])
+    with pytest.raises(ValueError, match="one per condition"):
+        model.generate(["a circle"], latents=[LATENT, LATENT])
+    baseline = kaleido.DiffusionModel(tokenizer=baseline_data.tokenizer, **tiny_model_kwargs())
+    with pytest.raises(ValueError, match="no latent"):
+        baseline.generate(["a circle"], latents=[LATENT])
+    assert baseline.generate(["a circle"]).latent_texts is None
+
+
+def _fit(model, data, tmp_path, steps: int = 2):  # type: ignore[no-untyped-def]
+    trainer = Trainer(
+        max_steps=steps, limit_val_batches=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, sampling=SamplingSettings(sampler="ddim", num_steps=2), **{
+        k: v for k, v in tiny_model_kwargs().items() if k != "sampling"
+    })
+    path = _fit(model, text_data, tmp_path)
+    loaded = kaleido.load(path)
+    assert isinstance(loaded, kaleido.Kaleido) and not loaded.training
+    assert loaded.tokenizer.state_dict() == model.tokenizer.state_dict()
+    a = model.generate(["a circle"], latents=[LATENT], seed=1).images
+    b = loaded.generate(["a circle"], latents=[LATENT], seed=1).images
+    assert torch.allclose(a, b, atol=1e-6)
+
+    prior = kaleido.LatentPrior(tokenizer=text_data.tokenizer, t5=TINY_T5)
+    prior_path = _fit(prior, text_data, tmp_path / "prior")
+    with pytest.raises(TypeError, match="holds a LatentPrior checkpoint; expected one of: ConditionalDiffusion"):
+        kaleido.load(prior_path, expected=ConditionalDiffusion)
+    assert isinstance(prior.sample(["a circle"])[0], str)
+    # Two-stage training: Kaleido's prior starts from the trained LatentPrior.
+    staged = kaleido.Kaleido(tokenizer=text_data.tokenizer, init_prior_from=str(prior_path), **tiny_model_kwargs())
+    loaded_prior = kaleido.load(prior_path)
+    for (name, p), q in zip(staged.prior.named_parameters(), loaded_prior.prior.parameters()):
+        assert torch.equal(p, q), name
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not a kaleido checkpoint"):
+        kaleido.load(foreign)
+    with pytest.raises(FileNotFoundError):
+        kaleido.load(tmp_path / "missing.ckpt")
