@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 from jsonargparse import CLI
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
-
 from lightning.pytorch import LightningDataModule, LightningModule
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
 from kaleido.cli import KaleidoCLI
 

@@ -10,5 +10,6 @@ from kaleido.data.shapes_datamodule import ShapesDataModule
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
 from kaleido.modules.prior import LatentPrior
+from kaleido.modules.vq import VQTokenizer
 
-__all__ = ["DiffusionModel", "Kaleido", "LatentPrior", "ShapesDataModule", "__version__", "load"]
+__all__ = ["DiffusionModel", "Kaleido", "LatentPrior", "ShapesDataModule", "VQTokenizer", "__version__", "load"]

@@ -28,7 +28,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise ValueError(
             f"{path} is not a kaleido checkpoint (it has no {CHECKPOINT_KEY!r} record); kaleido.load reads "
-            "checkpoints written by `python -m kaleido fit` (Kaleido, DiffusionModel or LatentPrior)"
+            "checkpoints written by `python -m kaleido fit` (Kaleido, DiffusionModel, LatentPrior or VQTokenizer)"
         )
     return checkpoint
 
@@ -53,7 +53,7 @@ def load(
     if not issubclass(cls, expected):
         names = [c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,))]
         raise TypeError(f"{ckpt_path} holds a {cls.__name__} checkpoint; expected one of: {', '.join(names)}")
-    tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"])
+    tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"]) if record.get("tokenizer") is not None else None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
     model.load_state_dict(checkpoint["state_dict"])

@@ -59,18 +59,22 @@ class KaleidoTokenizer:
         max_condition_length: int = 64,
         max_latent_length: int = 128,
     ) -> KaleidoTokenizer:
-        """Train a byte-level BPE vocabulary on ``corpus`` (conditions and latent texts)."""
+        """Train a byte-level BPE vocabulary of ``vocab_size`` entries (bytes, merges, ``<pad>``/``</s>``/
+        ``<unk>`` and the segment tags) on ``corpus``. The latent types' own tokens (e.g. visual-token
+        codes) come on top, so a large codebook never crowds out the text merges."""
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         specials = cls.special_tokens(latent_types)
+        tags = [PAD, EOS, UNK] + [segment_tag(t) for t in latent_types]
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=specials,
+            special_tokens=tags,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
         tokenizer.train_from_iterator(corpus, trainer=trainer)
+        tokenizer.add_special_tokens(specials[len(tags) :])
         return cls(tokenizer, latent_types, max_condition_length, max_latent_length)
 
     @classmethod

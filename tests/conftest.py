@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from kaleido.data.shapes import ShapesConfig
 from kaleido.data.shapes_datamodule import ShapesDataModule
@@ -25,6 +26,15 @@ def tiny_datamodule(latents: bool = True, **kwargs: object) -> ShapesDataModule:
     )
     settings.update(kwargs)
     return ShapesDataModule(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def single_thread():  # type: ignore[no-untyped-def]
+    """Hundreds of tiny sequential ops: a second intra-op thread only adds sync overhead on 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

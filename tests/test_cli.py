@@ -1,6 +1,7 @@
 """The user's path: `python -m kaleido fit --config ...`, then `sample` from the checkpoint."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,9 @@ def test_fit_then_sample_through_the_cli(tmp_path: Path) -> None:
 
 def test_latents_command_lists_types_and_origins(capsys: pytest.CaptureFixture[str]) -> None:
     main(["latents"])
-    assert "text  kaleido.latents.text.TextLatent" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    for name, origin in [("text", "TextLatent"), ("box", "BoxLatent"), ("blob", "BlobLatent"), ("visual_token", "VisualTokenLatent")]:
+        assert re.search(rf"^{name} +kaleido\.latents\.\w+\.{origin}$", listed, re.M), listed
 
 
 def test_unknown_command_says_what_exists() -> None:

@@ -13,13 +13,7 @@ from kaleido.diffusion.schedule import CosineSchedule
 T = 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Hundreds of small sequential ops: intra-op threading only adds sync overhead, badly so on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import kaleido
 from kaleido.latents import LatentParseError
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import DiffusionSettings, SamplingSettings
+from kaleido.nn.prior import build_condition_encoder
 from kaleido.tokenizer import SequenceTooLongError
 from tests.conftest import TINY_T5, tiny_model_kwargs
 
@@ -167,3 +168,24 @@ def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # 
         kaleido.load(foreign)
     with pytest.raises(FileNotFoundError):
         kaleido.load(tmp_path / "missing.ckpt")
+
+
+def test_prior_starts_from_local_pretrained_weights(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pretrained T5 is a local folder (save_pretrained layout); nothing is downloaded."""
+    from dataclasses import replace
+
+    from transformers import T5ForConditionalGeneration
+
+    tok = text_data.tokenizer
+    source = T5ForConditionalGeneration(TINY_T5.t5_config(tok.vocab_size - 5, tok.pad_id, tok.eos_id))
+    source.save_pretrained(tmp_path / "t5")
+    kwargs = tiny_model_kwargs()
+    kwargs["t5"] = replace(TINY_T5, pretrained_model_name_or_path=str(tmp_path / "t5"))
+    model = kaleido.Kaleido(tokenizer=tok, **kwargs)
+    # The vocabulary grows to hold the latent tokens (as in the paper); the rest are the saved weights.
+    assert model.prior.t5.config.vocab_size == tok.vocab_size
+    assert torch.equal(model.prior.t5.encoder.block[0].layer[0].SelfAttention.q.weight, source.encoder.block[0].layer[0].SelfAttention.q.weight)
+    encoder = build_condition_encoder(kwargs["t5"], tok.vocab_size, tok.pad_id, tok.eos_id)  # the baseline's
+    assert torch.equal(encoder.encoder.block[0].layer[0].SelfAttention.q.weight, source.encoder.block[0].layer[0].SelfAttention.q.weight)
+    with pytest.raises(OSError):
+        kaleido.Kaleido(tokenizer=tok, **{**kwargs, "t5": replace(TINY_T5, pretrained_model_name_or_path=str(tmp_path / "missing"))})

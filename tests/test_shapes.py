@@ -28,8 +28,8 @@ from kaleido.data.shapes import (
     sample_scene,
 )
 from kaleido.data.shapes_text import (
-    Description,
     DescribedObject,
+    Description,
     ShapesTextError,
     describe,
     parse_description,

@@ -31,13 +31,7 @@ def perturbed(model: UNet) -> UNet:
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny convs/attention: a second intra-op thread mostly adds sync overhead on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

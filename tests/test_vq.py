@@ -146,6 +146,13 @@ def test_vqvae_shapes(image_size: int, downsample: int, num_tokens: int) -> None
         net.decode(torch.full((1, num_tokens), 32))
 
 
+def test_l1_reconstruction_loss() -> None:
+    net = VQVAE(16, VQSettings(codebook_size=8, code_dim=4, downsample=4, channels=8, recon_loss="l1"))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    reconstruction, losses, _ = net(images)
+    assert losses["recon"].item() == pytest.approx(F.l1_loss(reconstruction, images).item(), rel=1e-5)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="power of two"):
         VQSettings(downsample=6)
@@ -180,7 +187,7 @@ def test_training_lowers_reconstruction_error_and_logs(trained: Path) -> None:
     assert isinstance(model, VQTokenizer) and not model.training
     images = fixed_batch()
     torch.manual_seed(0)
-    initial = VQTokenizer(image_size=16, vq=TINY_VQ).vq.eval()  # the same model before any step
+    initial = VQTokenizer(image_size=16, vq=TINY_VQ).vq.eval()  # the same settings, before any step
     before, after = recon_mse(initial, images), recon_mse(model.vq, images)
     print(f"recon MSE on a fixed batch: {before:.4f} at init, {after:.4f} after 50 steps")
     assert after < 0.5 * before
@@ -208,6 +215,17 @@ def test_checkpoint_rebuilds_the_same_network(trained: Path) -> None:
     torch.save(bogus, trained.parent / "bogus.ckpt")
     with pytest.raises(ValueError, match="not a VQTokenizer"):
         load_vqvae(trained.parent / "bogus.ckpt")
+
+
+def test_a_checkpoint_without_tokenizer_still_gives_its_network(tmp_path: Path) -> None:
+    model = VQTokenizer(image_size=16, vq=TINY_VQ)  # built in Python, no data module
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)  # what Lightning calls before writing
+    torch.save(checkpoint, tmp_path / "vq.ckpt")
+    assert checkpoint["kaleido"]["tokenizer"] is None
+    net = load_vqvae(tmp_path / "vq.ckpt")
+    images = fixed_batch()[:2]
+    assert torch.equal(net.encode(images), model.vq.eval().encode(images))
 
 
 # -- the latent type --------------------------------------------------------------------------------

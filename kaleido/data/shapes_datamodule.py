@@ -13,11 +13,17 @@ from kaleido.data.collate import Collate
 from kaleido.data.shapes import Scene, ShapesConfig, ShapesDataset, condition_text
 from kaleido.data.shapes_text import describe
 from kaleido.latents import LatentType, build_latent_type
+from kaleido.latents.blob import scene_blobs
+from kaleido.latents.box import scene_boxes
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
 
-# Exact latents straight from the scene, by latent-type name. Types not listed here (plugins) are
-# extracted from the rendered image by their own extractor.
-GROUND_TRUTH: dict[str, Callable[[Scene], Any]] = {"text": describe}
+# Exact latents straight from the scene, by latent-type name (each gets the type, for its settings).
+# Types not listed here (plugins) are extracted from the rendered image by their own extractor.
+GROUND_TRUTH: dict[str, Callable[[Scene, LatentType], Any]] = {
+    "text": lambda scene, _: describe(scene),
+    "box": lambda scene, box: scene_boxes(scene, **box.init_args()),
+    "blob": lambda scene, blob: scene_blobs(scene, **blob.init_args()),
+}
 
 class ShapesWithLatents(Dataset):
     """Adds ``"latents": {type name: latent object}`` to every ``ShapesDataset`` item."""
@@ -37,7 +43,7 @@ class ShapesWithLatents(Dataset):
 
 def latent_of(latent_type: LatentType, scene: Scene, image: torch.Tensor | None, condition: str) -> Any:
     if latent_type.name in GROUND_TRUTH:
-        return GROUND_TRUTH[latent_type.name](scene)
+        return GROUND_TRUTH[latent_type.name](scene, latent_type)
     if image is None:
         raise ValueError(f"latent type {latent_type.name!r} has no shapes ground truth and needs the image")
     return latent_type.build_extractor()(image[None], [condition])[0]

@@ -1,6 +1,8 @@
 """Latent-type plugins and their registry. Importing this package registers the built-ins."""
 
 from kaleido.latents.base import Extractor, LatentEncoder, LatentParseError, LatentType, segment_tag
+from kaleido.latents.blob import BlobLatent, GroundedBlob
+from kaleido.latents.box import BoxLatent, GroundedBox
 from kaleido.latents.registry import (
     ENTRY_POINT_GROUP,
     available_latent_types,
@@ -9,14 +11,21 @@ from kaleido.latents.registry import (
     register_latent_type,
 )
 from kaleido.latents.text import TextLatent
+from kaleido.latents.visual_token import VisualTokenExtractor, VisualTokenLatent
 
 __all__ = [
+    "BlobLatent",
+    "BoxLatent",
+    "GroundedBlob",
+    "GroundedBox",
     "ENTRY_POINT_GROUP",
     "Extractor",
     "LatentEncoder",
     "LatentParseError",
     "LatentType",
     "TextLatent",
+    "VisualTokenExtractor",
+    "VisualTokenLatent",
     "available_latent_types",
     "build_latent_type",
     "latent_type_class",

@@ -105,7 +105,7 @@ class BlobLatent(GroundedLatent):
 def scene_blobs(scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster") -> list[GroundedBlob]:
     """The exact blob latent of a ``shapes`` scene (``ShapeObject.ellipse``; all circles): its ground truth."""
     latent = BlobLatent(grid, max_objects, order)
-    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.ellipse) for o in scene.objects[:max_objects]])
+    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.ellipse) for o in scene.objects])
 
 
 class ShapesBlobExtractor(Extractor):

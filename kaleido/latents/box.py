@@ -95,7 +95,7 @@ class BoxLatent(GroundedLatent):
 def scene_boxes(scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster") -> list[GroundedBox]:
     """The exact box latent of a ``shapes`` scene (phrase ``"<colour> <shape>"``): its ground truth."""
     latent = BoxLatent(grid, max_objects, order)
-    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.box) for o in scene.objects[:max_objects]])
+    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.box) for o in scene.objects])
 
 
 class ShapesBoxExtractor(Extractor):

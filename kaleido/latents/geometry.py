@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
 from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, ClassVar, Literal
@@ -33,6 +33,7 @@ from kaleido.latents.text import RESERVED
 
 SEPARATOR = "; "
 STRUCTURAL = "();"  # characters that delimit objects, so they cannot appear in a phrase
+MAX_DIGITS = 12
 
 
 # -- phrases ------------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ class _Scanner:
             self.pos += 1
         if self.pos == start:
             raise self.fail(f"an integer {name} (digits 0-9)")
+        if self.pos - start > MAX_DIGITS:  # no grid is that fine; also keeps int() away from huge strings
+            raise self.fail(f"an integer {name} of at most {MAX_DIGITS} digits", start, repr(self.text[start : self.pos]))
         if self.peek() == ".":
             raise self.fail(f"a whole number for {name} (coordinates are integer grid units)", start, repr(self.text[start : self.pos + 4]))
         return int(self.text[start : self.pos]), start

@@ -30,6 +30,7 @@ from kaleido.modules.settings import (
 from kaleido.nn.unet import UNet
 from kaleido.tokenizer import KaleidoTokenizer
 
+
 @dataclass
 class Conditioning:
     states: Tensor  # [B, L, D] the sequence the denoiser cross-attends to

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kaleido.modules.base import Conditioning, ConditionalDiffusion
+from kaleido.modules.base import ConditionalDiffusion, Conditioning
 from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
 from kaleido.nn.prior import build_condition_encoder
 from kaleido.tokenizer import KaleidoTokenizer

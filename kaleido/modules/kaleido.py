@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kaleido.modules.base import Conditioning, ConditionalDiffusion
+from kaleido.modules.base import ConditionalDiffusion, Conditioning
 from kaleido.modules.common import sample_latent_ids
 from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
 from kaleido.nn.latent_conditioner import LatentConditioner

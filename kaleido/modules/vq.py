@@ -67,7 +67,8 @@ class VQTokenizer(LightningModule):
             {"image_size": image_size, "vq": to_dict(self.vq_settings), "optimizer": to_dict(self.optimizer_settings)}
         )
         self.vq = VQVAE(image_size, self.vq_settings)
-        self.register_buffer("val_code_counts", torch.zeros(self.vq_settings.codebook_size), persistent=False)
+        # Plain tensors, not buffers: DDP would overwrite buffers with rank 0's at every forward.
+        self._val_counts: Tensor | None = None
         self._grid_images: Tensor | None = None
 
     # -- inference --------------------------------------------------------------------------------
@@ -105,19 +106,22 @@ class VQTokenizer(LightningModule):
         return self._step(batch, "train")[0]
 
     def on_validation_epoch_start(self) -> None:
-        self.val_code_counts.zero_()
+        self._val_counts = torch.zeros(self.vq_settings.codebook_size, device=self.device)
         self._grid_images = None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, reconstruction, codes = self._step(batch, "val")
-        self.val_code_counts += code_counts(codes, self.vq_settings.codebook_size)
+        if self._val_counts is not None:
+            self._val_counts += code_counts(codes, self.vq_settings.codebook_size)
         if batch_idx == 0:
             n = min(GRID_IMAGES, len(codes))
             self._grid_images = torch.cat([batch["image"][:n], reconstruction[:n]]).detach().float().cpu()
         return loss
 
     def on_validation_epoch_end(self) -> None:
-        counts = self.trainer.strategy.reduce(self.val_code_counts.clone(), reduce_op="sum")
+        if self._val_counts is None:
+            return
+        counts = self.trainer.strategy.reduce(self._val_counts, reduce_op="sum")
         if counts.sum() > 0:
             # Already summed over ranks: log without another reduction.
             self.log("val/codebook_usage", (counts > 0).float().mean())
