@@ -11,16 +11,16 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" | tee -a "$out/device.txt"
-root=/tmp/run_text
+root=$(mktemp -d /tmp/run_text.XXXX)  # fresh: a warm machine keeps earlier runs
 start=$(date +%s)
 python3 -m kaleido fit --config configs/shapes/kaleido_text_gpu.yaml --trainer.default_root_dir $root \
   --trainer.max_time "$max_time" 2>&1 | grep -v -i warn | tail -n 40 | tee "$out/train_log.txt"
 echo "train_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/train_log.txt"
-ckpt=$(ls $root/lightning_logs/version_0/checkpoints/last.ckpt)
+ckpt=$(ls $root/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1)
 python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$ckpt" | tee -a "$out/train_log.txt"
 for sampler in "ddpm 250" "ddim 50"; do
   set -- $sampler
   python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples 1024 --cfg_scale 3 --sampler $1 --num_steps $2 \
     --batch_size 512 --output "$out/adherence_$1" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20
 done
-cp $root/lightning_logs/version_0/events.out.tfevents.* "$out/" 2>/dev/null || true
+cp $root/lightning_logs/version_*/events.out.tfevents.* "$out/" 2>/dev/null || true

@@ -1,0 +1,461 @@
+"""A folder of real images as a LightningDataModule, with latents precomputed by ``kaleido extract``.
+
+The layout (the common "image folder" one, see ``docs/data.md``)::
+
+    ROOT/
+      metadata.jsonl          {"file_name": "cats/001.jpg", "caption": "a cat asleep on a sofa"}
+                              or {"file_name": "cats/001.jpg", "label": "tabby cat"}
+      cats/001.jpg ...        the images (any format PIL reads), paths relative to ROOT
+      latents/text.jsonl      sidecars, one per latent type, written by `python -m kaleido extract`:
+      latents/box.jsonl       {"id": "cats/001.jpg", "latent": "<the type's editable text>"}
+
+This module also holds the pieces :mod:`kaleido.extract` shares with it (reading the metadata, the
+image transform, reading a sidecar), so extraction and training see the same conditions and pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from kaleido.data.collate import Collate
+from kaleido.data.shapes import ShapesConfig, ShapesDataset, condition_text, render
+from kaleido.latents import LatentType, build_latent_type, latent_type_class
+from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
+
+METADATA = "metadata.jsonl"
+LATENTS_DIR = "latents"
+
+
+class FolderDataError(ValueError):
+    """Bad or incomplete folder data (metadata, sidecars, images); the message names the file and line."""
+
+
+class UnreadableImageError(FolderDataError):
+    """An image file that is missing or that PIL cannot decode."""
+
+
+# -- images ----------------------------------------------------------------------------------------
+def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """An image file → float ``[3, S, S]`` in ``[-1, 1]``: EXIF orientation applied, converted to RGB,
+    centre-cropped to the largest square, then resized to ``size`` (bicubic, antialiased when
+    shrinking) unless ``size`` is ``None``.
+
+    Extraction and training both go through this function, so geometric latents (boxes, blobs) are
+    measured on exactly the square crop the model is trained on.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")  # decodes: a corrupt body fails here
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        raise UnreadableImageError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if size is not None and side != size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable image, from its header only (cheap); ``None`` if it looks fine."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path):
+            pass
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing here: unreadable
+        return f"unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+# -- metadata --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FolderRecord:
+    """One line of ``metadata.jsonl``: the image's path relative to the root, its condition text."""
+
+    file_name: str
+    condition: str
+    line: int
+
+
+def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; malformed lines are errors."""
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise FolderDataError(f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise FolderDataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+            records.append((number, record))
+    return records
+
+
+def condition_of(record: dict[str, Any], template: str, where: str) -> str:
+    """The condition text of a metadata record: its ``caption`` as is, else ``template`` filled in with
+    the record's fields (``"{label}"``, ``"a photo of a {label}"``, ``"{class_name}"``...)."""
+    if "caption" in record:
+        caption = record["caption"]
+        if not isinstance(caption, str) or not caption.strip():
+            raise FolderDataError(f"{where}: 'caption' must be a non-empty string, got {caption!r}")
+        return caption
+    if "label" not in record:
+        raise FolderDataError(f"{where}: needs a 'caption' or a 'label' field, got fields {sorted(record)}")
+    try:
+        condition = template.format(**record)
+    except (KeyError, IndexError, AttributeError, ValueError) as error:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        raise FolderDataError(
+            f"{where}: condition_template {template!r} (fields {fields}) cannot be filled from {sorted(record)}: {error!r}"
+        ) from None
+    if not condition.strip():
+        raise FolderDataError(f"{where}: the condition from template {template!r} is empty")
+    return condition
+
+
+def read_metadata(root: str | Path, condition_template: str = "{label}") -> list[FolderRecord]:
+    """The records of ``ROOT/metadata.jsonl``, in file order; every problem names the line."""
+    path = Path(root) / METADATA
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: an image folder needs a metadata.jsonl with one line per image, "
+            '{"file_name": "<path relative to the folder>", "caption": "..."} (or "label" instead of "caption")'
+        )
+    records: list[FolderRecord] = []
+    seen: dict[str, int] = {}
+    for number, record in _json_lines(path):
+        where = f"{path}, line {number}"
+        file_name = record.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise FolderDataError(f"{where}: needs a 'file_name' string (the image path relative to {path.parent}), got {record}")
+        if file_name in seen:
+            raise FolderDataError(f"{where}: file_name {file_name!r} is already listed on line {seen[file_name]}")
+        seen[file_name] = number
+        records.append(FolderRecord(file_name, condition_of(record, condition_template, where), number))
+    if not records:
+        raise FolderDataError(f"{path} lists no images")
+    return records
+
+
+# -- sidecars --------------------------------------------------------------------------------------
+def sidecar_path(latents_dir: str | Path, latent_type: LatentType | str) -> Path:
+    name = latent_type if isinstance(latent_type, str) else latent_type.name
+    return Path(latents_dir) / f"{name}.jsonl"
+
+
+@dataclass
+class Sidecar:
+    """What a sidecar file holds.
+
+    Attributes:
+        latents: id → (line number, editable text); the last line of an id wins (a hand-corrected
+            line may be appended).
+        good_bytes: length of the file up to the end of its last complete line.
+        partial: the unterminated, unreadable tail of an interrupted write (dropped), or ``None``.
+        needs_newline: the last line is complete JSON but lacks its newline (e.g. a hand edit).
+    """
+
+    latents: dict[Any, tuple[int, str]] = field(default_factory=dict)
+    good_bytes: int = 0
+    partial: str | None = None
+    needs_newline: bool = False
+
+
+def read_sidecar(path: str | Path) -> Sidecar:
+    """Read a ``latents/<type>.jsonl`` sidecar. Each write ends with a newline, so an unterminated last
+    line that does not parse is a write cut short: it is reported in ``partial``, not an error. Any
+    other malformed line is an error naming the line."""
+    sidecar = Sidecar()
+    path = Path(path)
+    if not path.exists():
+        return sidecar
+    data = path.read_bytes()
+    offset = 0
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        complete = raw.endswith(b"\n")
+        try:
+            record = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            if record is not None and not (isinstance(record, dict) and "id" in record and isinstance(record.get("latent"), str)):
+                raise ValueError(f'expected {{"id": ..., "latent": "<text>"}}, got {raw.decode("utf-8").strip()[:200]}')
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if not complete:
+                sidecar.partial = raw.decode("utf-8", errors="replace")
+                break
+            raise FolderDataError(f"{path}, line {number}: {error}") from None
+        offset += len(raw)
+        sidecar.needs_newline = not complete
+        if record is not None:
+            sidecar.latents[record["id"]] = (number, record["latent"])
+    sidecar.good_bytes = offset
+    return sidecar
+
+
+def extract_command(root: str | Path, latent_type: LatentType, latents_dir: Path | None = None) -> str:
+    """The shell command that fills the sidecar of ``latent_type`` for the folder ``root``."""
+    try:
+        by_name = latent_type_class(latent_type.name)() == latent_type
+    except (KeyError, TypeError):  # a class_path-only plugin, or one without defaults
+        by_name = False
+    latent = latent_type.name if by_name else json.dumps(latent_type.spec())
+    command = f"python -m kaleido extract --folder {shlex.quote(str(root))} --latent {shlex.quote(latent)}"
+    if latents_dir is not None and latents_dir != Path(root) / LATENTS_DIR:
+        command += f" --output {shlex.quote(str(latents_dir))}"
+    return command
+
+
+# -- the split -------------------------------------------------------------------------------------
+def hash_fraction(file_name: str) -> float:
+    """A number in [0, 1) fixed by the file name alone: the split never depends on order or on the
+    other files, so adding images never moves an existing one between train and val."""
+    digest = hashlib.sha1(file_name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+# -- the data set and module -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class FolderItem:
+    file_name: str
+    condition: str
+    latents: dict[str, Any]
+
+
+class ImageFolderDataset(Dataset):
+    """Items ``{"id", "image" [3, S, S] in [-1, 1], "condition", "latents": {type name: object}}``."""
+
+    def __init__(self, root: str | Path, items: Sequence[FolderItem], image_size: int) -> None:
+        self.root, self.items, self.image_size = Path(root), list(items), image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        image = load_image(self.root / item.file_name, self.image_size)
+        return {"id": item.file_name, "image": image, "condition": item.condition, "latents": dict(item.latents)}
+
+
+def make_loader(dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """The loader every kaleido data module uses: training shuffles and drops the last partial batch
+    (steady batch shapes); workers persist between epochs; tokenisation runs in ``Collate``."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=Collate(tokenizer),
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class ImageFolderDataModule(LightningDataModule):
+    """Real images from a folder (``metadata.jsonl`` + image files), with latents read from the
+    sidecars ``latents/<type>.jsonl`` that ``python -m kaleido extract`` writes. See ``docs/data.md``.
+
+    Args:
+        root: the folder that holds ``metadata.jsonl``.
+        latents: the latent types z (registered names, or instances / class_path entries in YAML);
+            empty for the baseline. Each needs its sidecar.
+        image_size: side of the square training images: every image is centre-cropped to its largest
+            square, then resized (bicubic) to ``image_size``.
+        val_fraction: share of the images held out for validation, chosen by a hash of the file name
+            (deterministic, independent of order). With a positive fraction, at least one image.
+        batch_size / num_workers: the loaders'.
+        condition_template: for ``label`` metadata, the condition text, filled in with the record's
+            fields (e.g. ``"a photo of a {label}"``); a ``caption`` is used as is.
+        vocab_size: BPE merges of the prior's tokenizer, trained on the training split's texts.
+        tokenizer_path: a ``tokenizer.json`` to load instead of training one.
+        max_condition_length / max_latent_length: token limits; ``None`` derives them from the
+            training data (longest + a margin).
+        on_missing: an image without a latent in a sidecar, or a missing / unreadable image file:
+            ``"raise"`` stops with the file name (and, for latents, the command that fills the sidecar);
+            ``"skip"`` leaves it out and reports the count once.
+        latents_dir: where the sidecars are (default ``ROOT/latents``), e.g. when the images are read-only.
+        check_images: open every image's header while loading, so a missing or unreadable file is found
+            before training starts (about a millisecond an image); when off, a bad file fails when a
+            loader reaches it.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        latents: Sequence[str | LatentType] = (),
+        image_size: int = 64,
+        val_fraction: float = 0.01,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        condition_template: str = "{label}",
+        vocab_size: int = 1024,
+        tokenizer_path: str | None = None,
+        max_condition_length: int | None = None,
+        max_latent_length: int | None = None,
+        on_missing: Literal["raise", "skip"] = "raise",
+        latents_dir: str | None = None,
+        check_images: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if on_missing not in ("raise", "skip"):
+            raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.root = Path(root)
+        self.latent_types = [build_latent_type(spec) for spec in latents]
+        self.image_size, self.val_fraction = image_size, val_fraction
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.condition_template = condition_template
+        self.vocab_size, self.tokenizer_path = vocab_size, tokenizer_path
+        self.max_condition_length, self.max_latent_length = max_condition_length, max_latent_length
+        self.on_missing = on_missing
+        self.latents_dir = Path(latents_dir) if latents_dir else self.root / LATENTS_DIR
+        self.check_images = check_images
+        self.skipped: dict[str, list[str]] = {}  # reason → file names left out (on_missing="skip")
+        self._splits: dict[str, list[FolderItem]] | None = None
+        self._tokenizer: KaleidoTokenizer | None = None
+
+    # -- reading the folder, once --------------------------------------------------------------
+    def _problem(self, reason: str, file_names: list[str], advice: str) -> None:
+        if not file_names:
+            return
+        if self.on_missing == "raise":
+            shown = ", ".join(file_names[:5]) + (f" and {len(file_names) - 5} more" if len(file_names) > 5 else "")
+            raise FolderDataError(f"{len(file_names)} image(s) of {self.root}: {reason}: {shown}. {advice}")
+        self.skipped[reason] = file_names
+
+    def _read_latents(self, records: list[FolderRecord]) -> dict[str, dict[str, Any]]:
+        """file name → {type name: latent object}, for the records that have every type."""
+        found: dict[str, dict[str, Any]] = {r.file_name: {} for r in records}
+        for latent_type in self.latent_types:
+            path = sidecar_path(self.latents_dir, latent_type)
+            command = extract_command(self.root, latent_type, self.latents_dir)
+            if not path.is_file():
+                raise FolderDataError(f"no {latent_type.name!r} latents for {self.root}: {path} does not exist. Fill it with: {command}")
+            sidecar = read_sidecar(path)
+            if sidecar.partial is not None:
+                rank_zero_warn(f"{path}: ignoring an unterminated last line (an interrupted extract); rerun: {command}")
+            missing = []
+            for record in records:
+                entry = sidecar.latents.get(record.file_name)
+                if entry is None:
+                    missing.append(record.file_name)
+                    continue
+                number, text = entry
+                try:
+                    found[record.file_name][latent_type.name] = latent_type.parse(text)
+                except ValueError as error:  # LatentParseError: the sidecar was edited or made by another version
+                    raise FolderDataError(f"{path}, line {number} (image {record.file_name!r}): {error}") from None
+            self._problem(
+                f"no latent in {path}", missing,
+                f"Fill the sidecar with: {command} (it skips the images already done), or pass on_missing='skip'",
+            )
+        return {name: z for name, z in found.items() if len(z) == len(self.latent_types)}
+
+    def load(self) -> dict[str, list[FolderItem]]:
+        """Read metadata, sidecars (and image headers): the items of the ``train`` and ``val`` splits."""
+        if self._splits is not None:
+            return self._splits
+        self.skipped = {}
+        records = read_metadata(self.root, self.condition_template)
+        latents = self._read_latents(records)
+        records = [r for r in records if r.file_name in latents]
+        if self.check_images:
+            problems = {r.file_name: image_problem(self.root / r.file_name) for r in records}
+            bad = [name for name, problem in problems.items() if problem]
+            self._problem(
+                "missing or unreadable image files", [f"{name} ({problems[name]})" for name in bad],
+                "Fix or remove them from metadata.jsonl, or pass on_missing='skip'",
+            )
+            records = [r for r in records if not problems[r.file_name]]
+        items = [FolderItem(r.file_name, r.condition, latents[r.file_name]) for r in records]
+        fractions = [hash_fraction(item.file_name) for item in items]
+        val = [item for item, u in zip(items, fractions) if u < self.val_fraction]
+        if not val and self.val_fraction > 0 and len(items) > 1:  # a tiny folder: hold out the lowest hash
+            val = [items[int(np.argmin(fractions))]]
+        val_names = {item.file_name for item in val}
+        train = [item for item in items if item.file_name not in val_names]
+        if not train:
+            raise FolderDataError(f"{self.root}: no training images left (of {len(records)} usable, {len(val)} went to val)")
+        if self.skipped:
+            counts = ", ".join(f"{len(names)} with {reason}" for reason, names in self.skipped.items())
+            rank_zero_warn(f"ImageFolderDataModule({self.root}): skipped {sum(map(len, self.skipped.values()))} image(s): {counts}")
+        self._splits = {"train": train, "val": val}
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:  # noqa: ARG002 - same data for every stage
+        self.load()
+
+    def dataset(self, split: Literal["train", "val"]) -> ImageFolderDataset:
+        splits = self.load()
+        if split not in splits:
+            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+        return ImageFolderDataset(self.root, splits[split], self.image_size)
+
+    @property
+    def tokenizer(self) -> KaleidoTokenizer:
+        """The prior's tokenizer: trained on the training split's texts (or loaded), limits checked."""
+        if self._tokenizer is None:
+            texts = [(item.condition, {t.name: t.format(item.latents[t.name]) for t in self.latent_types}) for item in self.load()["train"]]
+            self._tokenizer = build_tokenizer(
+                texts, self.latent_types, self.vocab_size, self.tokenizer_path,
+                self.max_condition_length, self.max_latent_length,
+            )
+        return self._tokenizer
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.dataset("train"), self.tokenizer, self.batch_size, self.num_workers, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.dataset("val"), self.tokenizer, self.batch_size, self.num_workers, shuffle=False)
+
+
+# -- a folder from the embedded shapes data (tests, docs, trying the pipeline) ---------------------
+def export_shapes(root: str | Path, num_items: int, shapes: ShapesConfig | None = None, seed: int = 0) -> Path:
+    """Render ``num_items`` scenes of the embedded ``shapes`` data set (:class:`ShapesConfig` ``shapes``)
+    as PNGs in ``root`` with a ``metadata.jsonl`` whose captions are the conditions ("a circle")."""
+    dataset = ShapesDataset(num_items, shapes or ShapesConfig(), seed=seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / METADATA, "w", encoding="utf-8") as metadata:
+        for index in range(num_items):
+            scene = dataset.scene(index)
+            file_name = f"{index:06d}.png"
+            Image.fromarray(render(scene, dataset.config.resolution)).save(root / file_name)
+            metadata.write(json.dumps({"file_name": file_name, "caption": condition_text(scene)}) + "\n")
+    return root
+
+
+__all__ = [
+    "FolderDataError",
+    "FolderRecord",
+    "ImageFolderDataModule",
+    "ImageFolderDataset",
+    "UnreadableImageError",
+    "export_shapes",
+    "load_image",
+    "make_loader",
+    "read_metadata",
+    "read_sidecar",
+    "sidecar_path",
+]

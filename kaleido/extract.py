@@ -1,0 +1,301 @@
+"""``python -m kaleido extract``: run a latent type's extractor over a data set, offline, and write its
+sidecar ``latents/<type>.jsonl`` (one ``{"id", "latent"}`` line per image) for training.
+
+Resumable: images already in the sidecar are skipped, and each batch is appended and flushed, so an
+interrupted run loses at most the batch in flight. See ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from kaleido.data.folder import LATENTS_DIR, load_image, read_metadata, read_sidecar, sidecar_path
+from kaleido.data.shapes import ShapesConfig
+from kaleido.latents import Extractor, LatentType, build_latent_type
+
+ItemId = str | int
+
+
+class ExtractionError(ValueError):
+    """Extraction cannot go on: names the image and what went wrong."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to extract from: its sidecar id, how messages name it, and how to load it."""
+
+    id: ItemId
+    name: str
+    load: Callable[[], tuple[Tensor, str]]  # → (image [3, H, W] in [-1, 1], condition)
+
+
+@dataclass(frozen=True)
+class Failure:
+    item: SourceItem
+    kind: str  # "unreadable image" | "extractor error" | "invalid latent"
+    reason: str
+
+
+# -- data sources ----------------------------------------------------------------------------------
+def _folder_image(path: Path, size: int | None, condition: str) -> tuple[Tensor, str]:
+    return load_image(path, size), condition
+
+
+def folder_source(folder: Path, image_size: int | None, condition_template: str) -> list[SourceItem]:
+    """The images of an image folder (``metadata.jsonl``), with the conditions training will see."""
+    return [
+        SourceItem(r.file_name, f"image {r.file_name!r} ({folder / r.file_name})", partial(_folder_image, folder / r.file_name, image_size, r.condition))
+        for r in read_metadata(folder, condition_template)
+    ]
+
+
+def _shapes_image(dataset: Any, index: int) -> tuple[Tensor, str]:
+    item = dataset[index]
+    return item["image"], item["condition"]
+
+
+def shapes_source(split: str, num_items: int | None, shapes: ShapesConfig | None, seed: int) -> list[SourceItem]:
+    """Items of the embedded shapes data, exactly those of ``ShapesDataModule(shapes, seed).dataset(split)``
+    (ids are their indices); ``num_items`` defaults to that module's size of the split."""
+    from kaleido.data.shapes_datamodule import ShapesDataModule  # late: only this source needs Lightning's module
+
+    sizes = {} if num_items is None else {f"num_{split}": num_items}
+    dataset = ShapesDataModule(shapes=shapes, seed=seed, **sizes).dataset(split).shapes  # type: ignore[arg-type]
+    return [SourceItem(i, f"shapes {split} item {i}", partial(_shapes_image, dataset, i)) for i in range(len(dataset))]
+
+
+# -- the sidecar and the error log -----------------------------------------------------------------
+def _prepare_sidecar(path: Path) -> set[ItemId]:
+    """The ids already extracted; drops a last line cut short by an interruption (so it is redone)."""
+    sidecar = read_sidecar(path)
+    if sidecar.partial is not None:
+        warnings.warn(
+            f"{path}: dropping an unterminated last line, a write cut short by an interruption "
+            f"({sidecar.partial[:80]!r}); that image is extracted again",
+            stacklevel=3,
+        )
+        with open(path, "r+b") as file:
+            file.truncate(sidecar.good_bytes)
+    elif sidecar.needs_newline:  # complete but hand-edited without the final newline: appending must not glue lines
+        with open(path, "a", encoding="utf-8") as file:
+            file.write("\n")
+    return set(sidecar.latents)
+
+
+def _prepare_errors(path: Path, retried: set[ItemId]) -> None:
+    """Keep the logged failures of images this run does not retry; the retried ones log afresh."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a log, not data: an unreadable line is simply dropped
+        item_id = record.get("id") if isinstance(record, dict) else None
+        if isinstance(item_id, (str, int)) and item_id not in retried:
+            kept.append(line + "\n")
+    path.write_text("".join(kept), encoding="utf-8")
+
+
+def _append(file: IO[str], records: Sequence[dict[str, Any]]) -> None:
+    """One write per batch, then flush and fsync: a crash leaves whole lines, plus at most one partial."""
+    if records:
+        file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+# -- one batch -------------------------------------------------------------------------------------
+def validated_text(latent_type: LatentType, latent: Any) -> str:
+    """The editable text of ``latent``, checked to read back: a sidecar never holds text its type cannot parse."""
+    text = latent_type.format(latent)
+    if not isinstance(text, str):
+        raise TypeError(f"{type(latent_type).__name__}.format returned {type(text).__name__}, not str")
+    again = latent_type.format(latent_type.parse(text))
+    if again != text:
+        raise ValueError(f"the text does not read back: format(parse({text!r})) gives {again!r}")
+    return text
+
+
+def _run_extractor(extractor: Extractor, group: list[tuple[SourceItem, Tensor, str]]) -> list[tuple[SourceItem, Any]]:
+    """(item, latent object or the exception it raised) for same-size images; if the batch call fails,
+    the images are retried one by one, so only the image(s) at fault fail."""
+    try:
+        with torch.inference_mode():
+            latents = extractor(torch.stack([image for _, image, _ in group]), [condition for _, _, condition in group])
+    except Exception as error:  # noqa: BLE001 - an extractor may raise anything; it is reported per image
+        if len(group) == 1:
+            return [(group[0][0], error)]
+        return [pair for entry in group for pair in _run_extractor(extractor, [entry])]
+    if len(latents) != len(group):  # a broken extractor, not a bad image: always stop
+        raise ExtractionError(f"{type(extractor).__name__} returned {len(latents)} latents for {len(group)} images")
+    return [(item, latent) for (item, _, _), latent in zip(group, latents)]
+
+
+def extract_batch(
+    batch: Sequence[SourceItem], latent_type: LatentType, extractor: Extractor, on_error: Literal["raise", "skip"]
+) -> tuple[list[tuple[SourceItem, str]], list[Failure]]:
+    """The validated latent texts of a batch (in batch order) and its failures; with ``on_error="raise"``
+    the first failure raises :class:`ExtractionError` instead."""
+    failures: list[Failure] = []
+
+    def fail(item: SourceItem, kind: str, error: BaseException) -> None:
+        if on_error == "raise":
+            raise ExtractionError(
+                f"{kind} at {item.name}: {type(error).__name__}: {error}\n"
+                "(pass --on_error skip to log such images in the errors file and go on)"
+            ) from error
+        failures.append(Failure(item, kind, f"{type(error).__name__}: {error}"))
+
+    loaded: dict[tuple[int, ...], list[tuple[SourceItem, Tensor, str]]] = defaultdict(list)
+    for item in batch:
+        try:
+            image, condition = item.load()
+        except Exception as error:  # noqa: BLE001 - reported with the image's name
+            fail(item, "unreadable image", error)
+            continue
+        loaded[tuple(image.shape)].append((item, image, condition))  # folder images may differ in size
+    texts: dict[ItemId, str] = {}
+    for group in loaded.values():
+        for item, latent in _run_extractor(extractor, group):
+            if isinstance(latent, BaseException):
+                fail(item, "extractor error", latent)
+                continue
+            try:
+                texts[item.id] = validated_text(latent_type, latent)
+            except Exception as error:  # noqa: BLE001 - format/parse problems of one latent
+                fail(item, "invalid latent", error)
+    return [(item, texts[item.id]) for item in batch if item.id in texts], failures
+
+
+def _builtin_extractor(latent_type: LatentType) -> Extractor:
+    try:
+        return latent_type.build_extractor()
+    except NotImplementedError as error:
+        raise ExtractionError(
+            f"{error}. Pass a model-backed extractor with --extractor (a class path and its init args, e.g. "
+            "kaleido.latents.extractors.DetectorBoxExtractor --extractor.model_path DIR), or write the sidecar "
+            "yourself (format: docs/data.md)"
+        ) from None
+
+
+# -- the command -----------------------------------------------------------------------------------
+def extract(
+    latent: str | dict[str, Any] | LatentType,
+    folder: Path | None = None,
+    shapes_split: Literal["train", "val", "test"] | None = None,
+    num_items: int | None = None,
+    shapes: ShapesConfig | None = None,
+    seed: int = 0,
+    output: Path | None = None,
+    extractor: Extractor | None = None,
+    image_size: int | None = None,
+    condition_template: str = "{label}",
+    batch_size: int = 64,
+    limit: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    progress: bool = True,
+) -> Path:
+    """Extract latents of one type for every image of a data set into ``<output>/<type>.jsonl``, one
+    line ``{"id": ..., "latent": "<editable text>"}`` per image. Reruns skip what is done.
+
+    Args:
+        latent: the latent type: a registered name ("text", "box", ...) or a class_path spec
+            ('{"class_path": "kaleido.latents.TextLatent", "init_args": {"grammar": "shapes"}}').
+        folder: an image folder (``metadata.jsonl`` + images; see docs/data.md). Ids are file names.
+        shapes_split: instead of a folder, the embedded shapes data's "train", "val" or "test" split,
+            the same items as ``ShapesDataModule(shapes=..., seed=...)``; ids are item indices.
+        num_items: shapes only: items of the split (default: ShapesDataModule's size of that split).
+        shapes: shapes only: the scene generator's settings (resolution, object counts, ...).
+        seed: shapes only: the data seed.
+        output: the folder of sidecars (default ``FOLDER/latents``; required with shapes_split).
+        extractor: an extractor to use instead of the latent type's built-in one, e.g. a model-backed
+            ``kaleido.latents.extractors.DetectorBoxExtractor`` with ``--extractor.model_path DIR``.
+        image_size: folder only: resize the centre-cropped square to this side before extracting
+            (default: keep its resolution). The crop is always the one training uses.
+        condition_template: folder only: the condition of ``label`` metadata (as ImageFolderDataModule's).
+        batch_size: images per extractor call; each batch is appended to the sidecar when done.
+        limit: only the first ``limit`` images of the data set (those done are still skipped).
+        on_error: an unreadable image, an extractor error or a latent that does not read back:
+            "raise" stops naming the image; "skip" logs it to ``<type>.errors.jsonl`` and goes on
+            (skipped images are retried on the next run).
+        progress: show a progress bar.
+
+    Returns:
+        The sidecar's path.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if (folder is None) == (shapes_split is None):
+        raise ValueError(
+            "name the images with exactly one of --folder DIR (an image folder with metadata.jsonl) "
+            "or --shapes_split train|val|test (the embedded shapes data)"
+        )
+    if isinstance(latent, str) and latent.lstrip().startswith("{"):  # a class_path spec passed as JSON text
+        latent = json.loads(latent)
+    latent_type = build_latent_type(latent)
+    if folder is not None:
+        if shapes is not None or num_items is not None:
+            raise ValueError("--shapes and --num_items are for --shapes_split, not --folder")
+        items = folder_source(Path(folder), image_size, condition_template)
+        directory = Path(output) if output is not None else Path(folder) / LATENTS_DIR
+    else:
+        if output is None:
+            raise ValueError("--shapes_split needs --output, the folder to write the sidecar to")
+        if image_size is not None:
+            raise ValueError("--image_size is for --folder; shapes images have the resolution of --shapes")
+        items = shapes_source(shapes_split, num_items, shapes, seed)  # type: ignore[arg-type]
+        directory = Path(output)
+    extractor = extractor if extractor is not None else _builtin_extractor(latent_type)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = sidecar_path(directory, latent_type)
+    errors_path = path.with_name(f"{latent_type.name}.errors.jsonl")
+    done = _prepare_sidecar(path)
+    considered = items if limit is None else items[:limit]
+    todo = [item for item in considered if item.id not in done]
+    _prepare_errors(errors_path, done | {item.id for item in todo})
+
+    extracted, skipped = 0, Counter[str]()
+    with open(path, "a", encoding="utf-8") as sink, tqdm(
+        total=len(todo), desc=f"extract {latent_type.name}", unit="image", disable=not progress
+    ) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            texts, failures = extract_batch(batch, latent_type, extractor, on_error)
+            _append(sink, [{"id": item.id, "latent": text} for item, text in texts])
+            if failures:
+                with open(errors_path, "a", encoding="utf-8") as log:
+                    _append(log, [{"id": f.item.id, "kind": f.kind, "error": f.reason} for f in failures])
+                skipped.update(f.kind for f in failures)
+            extracted += len(texts)
+            bar.update(len(batch))
+    if errors_path.exists() and errors_path.stat().st_size == 0:
+        errors_path.unlink()
+
+    reasons = f" ({', '.join(f'{kind}: {n}' for kind, n in sorted(skipped.items()))}; see {errors_path})" if skipped else ""
+    print(
+        f"{latent_type.name}: extracted {extracted}, skipped {sum(skipped.values())}{reasons}, "
+        f"already done {len(considered) - len(todo)} -> {path}"
+    )
+    return path
+
+
+__all__ = ["ExtractionError", "SourceItem", "extract", "extract_batch", "folder_source", "shapes_source", "validated_text"]
