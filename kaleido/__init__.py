@@ -6,10 +6,22 @@
 
 from kaleido.__about__ import __version__
 from kaleido.checkpoint import load
+from kaleido.data.folder import ImageFolderDataModule
 from kaleido.data.shapes_datamodule import ShapesDataModule
+from kaleido.extract import extract
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
 from kaleido.modules.prior import LatentPrior
 from kaleido.modules.vq import VQTokenizer
 
-__all__ = ["DiffusionModel", "Kaleido", "LatentPrior", "ShapesDataModule", "VQTokenizer", "__version__", "load"]
+__all__ = [
+    "DiffusionModel",
+    "ImageFolderDataModule",
+    "Kaleido",
+    "LatentPrior",
+    "ShapesDataModule",
+    "VQTokenizer",
+    "__version__",
+    "extract",
+    "load",
+]

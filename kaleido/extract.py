@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from kaleido.data.folder import LATENTS_DIR, load_image, read_metadata, read_sidecar, sidecar_path
+from kaleido.data.folder import LATENTS_DIR, UnreadableImageError, load_image, read_metadata, read_sidecar, sidecar_path
 from kaleido.data.shapes import ShapesConfig
 from kaleido.latents import Extractor, LatentType, build_latent_type
 
@@ -56,7 +56,7 @@ def _folder_image(path: Path, size: int | None, condition: str) -> tuple[Tensor,
 def folder_source(folder: Path, image_size: int | None, condition_template: str) -> list[SourceItem]:
     """The images of an image folder (``metadata.jsonl``), with the conditions training will see."""
     return [
-        SourceItem(r.file_name, f"image {r.file_name!r} ({folder / r.file_name})", partial(_folder_image, folder / r.file_name, image_size, r.condition))
+        SourceItem(r.file_name, repr(r.file_name), partial(_folder_image, folder / r.file_name, image_size, r.condition))
         for r in read_metadata(folder, condition_template)
     ]
 
@@ -153,12 +153,13 @@ def extract_batch(
     failures: list[Failure] = []
 
     def fail(item: SourceItem, kind: str, error: BaseException) -> None:
+        # load_image's own message already names the file and the cause
+        reason = str(error) if isinstance(error, UnreadableImageError) else f"{type(error).__name__}: {error}"
         if on_error == "raise":
             raise ExtractionError(
-                f"{kind} at {item.name}: {type(error).__name__}: {error}\n"
-                "(pass --on_error skip to log such images in the errors file and go on)"
+                f"{kind} for {item.name}: {reason}\n(pass --on_error skip to log such images in the errors file and go on)"
             ) from error
-        failures.append(Failure(item, kind, f"{type(error).__name__}: {error}"))
+        failures.append(Failure(item, kind, reason))
 
     loaded: dict[tuple[int, ...], list[tuple[SourceItem, Tensor, str]]] = defaultdict(list)
     for item in batch:
@@ -209,8 +210,9 @@ def extract(
     on_error: Literal["raise", "skip"] = "raise",
     progress: bool = True,
 ) -> Path:
-    """Extract latents of one type for every image of a data set into ``<output>/<type>.jsonl``, one
-    line ``{"id": ..., "latent": "<editable text>"}`` per image. Reruns skip what is done.
+    """Extract one latent type for every image of a data set into the sidecar ``<output>/<type>.jsonl``.
+
+    One line ``{"id": ..., "latent": "<editable text>"}`` per image; a rerun skips the images done.
 
     Args:
         latent: the latent type: a registered name ("text", "box", ...) or a class_path spec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,8 @@ def test_malformed_metadata_names_the_line(folder: Path, line: str, message: str
         datamodule(folder).load()
 
 
-def test_fit_on_a_folder_through_the_cli(extracted: Path, tmp_path: Path) -> None:
+def test_fit_on_a_folder_through_the_cli(extracted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["kaleido"])  # LightningCLI warns when pytest's own arguments are there too
     tiny = yaml.safe_load((ROOT / "tests/configs/tiny_kaleido.yaml").read_text())
     config = {
         "seed_everything": 0,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from kaleido.tokenizer import KaleidoTokenizer
 
@@ -33,3 +34,18 @@ class Collate:
             batch["latent_ids"], batch["latent_mask"] = tok.pad([tok.encode_latent_texts(t) for t in texts])
             batch["latent_text"] = [tok.join_latent_texts(t) for t in texts]
         return batch
+
+
+def make_loader(dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """The loader every kaleido data module uses: training shuffles and drops the last partial batch
+    (steady batch shapes); workers persist between epochs; tokenisation runs in ``Collate``."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=Collate(tokenizer),
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from kaleido.data.collate import Collate
+from kaleido.data.collate import make_loader
 from kaleido.data.shapes import ShapesConfig, ShapesDataset, condition_text, render
 from kaleido.latents import LatentType, build_latent_type, latent_type_class
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
@@ -254,21 +254,6 @@ class ImageFolderDataset(Dataset):
         return {"id": item.file_name, "image": image, "condition": item.condition, "latents": dict(item.latents)}
 
 
-def make_loader(dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
-    """The loader every kaleido data module uses: training shuffles and drops the last partial batch
-    (steady batch shapes); workers persist between epochs; tokenisation runs in ``Collate``."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        collate_fn=Collate(tokenizer),
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
 class ImageFolderDataModule(LightningDataModule):
     """Real images from a folder (``metadata.jsonl`` + image files), with latents read from the
     sidecars ``latents/<type>.jsonl`` that ``python -m kaleido extract`` writes. See ``docs/data.md``.
@@ -454,7 +439,6 @@ __all__ = [
     "UnreadableImageError",
     "export_shapes",
     "load_image",
-    "make_loader",
     "read_metadata",
     "read_sidecar",
     "sidecar_path",

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from kaleido.data.collate import Collate
+from kaleido.data.collate import make_loader
 from kaleido.data.shapes import Scene, ShapesConfig, ShapesDataset, condition_text
 from kaleido.data.shapes_text import describe
 from kaleido.latents import LatentType, build_latent_type
@@ -124,16 +124,7 @@ class ShapesDataModule(LightningDataModule):
         return self._tokenizer
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenizer),
-            pin_memory=torch.cuda.is_available(),
-        )
+        return make_loader(self.dataset(split), self.tokenizer, self.batch_size, self.num_workers, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
