@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from kaleido.data.folder import LATENTS_DIR, UnreadableImageError, load_image, read_metadata, read_sidecar, sidecar_path
+from kaleido.data.folder_format import (
+    LATENTS_DIR,
+    UnreadableImageError,
+    load_image,
+    read_metadata,
+    read_sidecar,
+    sidecar_path,
+)
 from kaleido.data.shapes import ShapesConfig
 from kaleido.latents import Extractor, LatentType, build_latent_type
 

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from kaleido.cli import cli_main
-from kaleido.data.folder import FolderDataError, ImageFolderDataModule, export_shapes, load_image
+from kaleido.data.folder import ImageFolderDataModule, export_shapes
+from kaleido.data.folder_format import FolderDataError, load_image
 from kaleido.data.shapes import ShapesConfig
 from kaleido.extract import extract
 from kaleido.latents import BoxLatent, TextLatent
