@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from kaleido.data.shapes import ShapesConfig
 from kaleido.data.shapes_datamodule import ShapesDataModule
 from kaleido.latents import TextLatent
 from kaleido.modules.settings import SamplingSettings, T5Settings, UNetSettings
+
+# CI replays the same examples every run: a red CI is then always reproducible.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 TINY_T5 = T5Settings(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
 TINY_UNET = UNetSettings(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1)
