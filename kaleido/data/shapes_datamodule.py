@@ -25,28 +25,43 @@ GROUND_TRUTH: dict[str, Callable[[Scene, LatentType], Any]] = {
     "blob": lambda scene, blob: scene_blobs(scene, **blob.init_args()),
 }
 
+
+class ShapesLatents:
+    """Scene (+ image) → latent object per type: exact ground truth where the data set knows it,
+    otherwise the type's own extractor on the rendered image (built once, not per item)."""
+
+    def __init__(self, latent_types: Sequence[LatentType]) -> None:
+        self.latent_types = list(latent_types)
+        self.needs_image = any(t.name not in GROUND_TRUTH for t in self.latent_types)
+        self._extractors: dict[str, Any] = {}
+
+    def __call__(self, scene: Scene, image: torch.Tensor | None, condition: str) -> dict[str, Any]:
+        return {t.name: self._one(t, scene, image, condition) for t in self.latent_types}
+
+    def _one(self, latent_type: LatentType, scene: Scene, image: torch.Tensor | None, condition: str) -> Any:
+        if latent_type.name in GROUND_TRUTH:
+            return GROUND_TRUTH[latent_type.name](scene, latent_type)
+        if image is None:
+            raise ValueError(f"latent type {latent_type.name!r} has no shapes ground truth and needs the image")
+        if latent_type.name not in self._extractors:
+            self._extractors[latent_type.name] = latent_type.build_extractor()
+        return self._extractors[latent_type.name](image[None], [condition])[0]
+
+
 class ShapesWithLatents(Dataset):
     """Adds ``"latents": {type name: latent object}`` to every ``ShapesDataset`` item."""
 
     def __init__(self, shapes: ShapesDataset, latent_types: Sequence[LatentType]) -> None:
         self.shapes = shapes
-        self.latent_types = list(latent_types)
+        self.latents = ShapesLatents(latent_types)
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.shapes[index]
-        item["latents"] = {t.name: latent_of(t, item["scene"], item["image"], item["condition"]) for t in self.latent_types}
+        item["latents"] = self.latents(item["scene"], item["image"], item["condition"])
         return item
-
-
-def latent_of(latent_type: LatentType, scene: Scene, image: torch.Tensor | None, condition: str) -> Any:
-    if latent_type.name in GROUND_TRUTH:
-        return GROUND_TRUTH[latent_type.name](scene, latent_type)
-    if image is None:
-        raise ValueError(f"latent type {latent_type.name!r} has no shapes ground truth and needs the image")
-    return latent_type.build_extractor()(image[None], [condition])[0]
 
 
 class ShapesDataModule(LightningDataModule):
@@ -105,13 +120,12 @@ class ShapesDataModule(LightningDataModule):
     def texts(self) -> Iterator[tuple[str, dict[str, str]]]:
         """(condition, editable latent texts) of every training item; images rendered only if needed."""
         shapes = ShapesDataset(self.num_train, self.shapes, seed=self.seed * 3)
-        needs_image = any(t.name not in GROUND_TRUTH for t in self.latent_types)
+        latents = ShapesLatents(self.latent_types)
         for index in range(len(shapes)):
-            item = shapes[index] if needs_image else None
-            scene = shapes.scene(index)
-            condition = condition_text(scene)
-            image = item["image"] if item else None
-            yield condition, {t.name: t.format(latent_of(t, scene, image, condition)) for t in self.latent_types}
+            item = shapes[index] if latents.needs_image else {"scene": shapes.scene(index), "image": None}
+            condition = condition_text(item["scene"])
+            objects = latents(item["scene"], item["image"], condition)
+            yield condition, {t.name: t.format(objects[t.name]) for t in self.latent_types}
 
     @property
     def tokenizer(self) -> KaleidoTokenizer:

@@ -109,9 +109,12 @@ class Kaleido(ConditionalDiffusion):
         tok = self.tokenizer
         condition_ids, condition_mask = self.encode_conditions(conditions)
         encoded = self.prior.encode(condition_ids, condition_mask)
-        sampled_ids, sampled_mask = sample_latent_ids(self.prior, tok, encoded, condition_mask, self.sampling, seed + 1)
-        rows = [ids[m].tolist() for ids, m in zip(sampled_ids.cpu(), sampled_mask.cpu())]
-        for i, text in enumerate(latents or []):
+        given = list(latents) if latents is not None else [None] * len(conditions)
+        rows: list[list[int]] = [[] for _ in conditions]
+        if any(text is None for text in given):  # z ~ p(z | c), on a forked RNG: the image noise is unaffected
+            sampled_ids, sampled_mask = sample_latent_ids(self.prior, tok, encoded, condition_mask, self.sampling, seed + 1)
+            rows = [ids[m].tolist() for ids, m in zip(sampled_ids.cpu(), sampled_mask.cpu())]
+        for i, text in enumerate(given):
             if text is not None:  # a user-given z replaces the sampled one
                 rows[i] = tok.encode_latent_texts(tok.split_latent_text(text))
         latent_ids, latent_mask = tok.pad(rows)
