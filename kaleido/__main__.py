@@ -4,6 +4,7 @@
     sample                  images from a checkpoint
     latents                 the registered latent types and where each comes from
     extract                 a latent type's latents for an image folder, into latents/<type>.jsonl (docs/data.md)
+    evaluate                FID, precision / recall, diversity, mode coverage over CFG scales (docs/evaluation.md)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def latents() -> None:
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"sample": "sample", "latents": "latents", "extract": "extract"}
+    commands = {"sample": "sample", "latents": "latents", "extract": "extract", "evaluate": "evaluate"}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -39,11 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     elif command in commands:
         from jsonargparse import CLI
 
+        from kaleido.evaluate import evaluate
         from kaleido.extract import extract
         from kaleido.sample import sample
 
         try:
-            CLI({"sample": sample, "latents": latents, "extract": extract}[command], args=rest, as_positional=False)
+            functions = {"sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate}
+            CLI(functions[command], args=rest, as_positional=False)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:  # bad input: say what, no traceback
             raise SystemExit(f"error: {error}") from None
     else:

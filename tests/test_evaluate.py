@@ -1,0 +1,134 @@
+"""`python -m kaleido evaluate` end to end: tiny Kaleido and baseline checkpoints from the CLI's `fit`,
+a tiny timm feature extractor with local random weights (nothing downloaded)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from kaleido.__main__ import main
+from kaleido.evaluate import build_datamodule, data_key
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "tests/configs/tiny_kaleido.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> dict[str, Path]:  # noqa: ARG001
+    """A few `fit` steps of the tiny config, and of the same config as the baseline (no latents)."""
+    root = tmp_path_factory.mktemp("fit")
+    variants = {"kaleido": [], "baseline": ["--model", "kaleido.DiffusionModel", "--data.init_args.latents", "[]"]}
+    found = {}
+    for name, extra in variants.items():
+        main(["fit", "--config", str(TINY_CONFIG), "--trainer.default_root_dir", str(root / name), *extra])
+        found[name] = sorted((root / name).rglob("*.ckpt"))[-1]
+    return found
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights for timm's tiny `test_vit` (64 features), saved locally."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _args(checkpoints: dict[str, Path], features: Path, output: Path, cache: Path) -> list[str]:
+    return [
+        "evaluate", "--ckpt_path", str(checkpoints["kaleido"]), "--baseline_ckpt_path", str(checkpoints["baseline"]),
+        "--cfg_scales", "[1,3]", "--num_samples", "16", "--sampler", "ddim", "--steps", "3", "--batch_size", "8",
+        "--seed", "1", "--feature_extractor", "timm:test_vit", "--feature_weights", str(features),
+        "--reference_cache", str(cache), "--output", str(output), "--device", "cpu",
+    ]  # fmt: skip
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "sampling_seconds"} for row in rows]
+
+
+def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], features: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    main(_args(checkpoints, features, tmp_path / "a", cache))
+    out = tmp_path / "a"
+    for name in ("metrics.json", "metrics.csv", "fid_vs_cfg.png", "recall_vs_cfg.png"):
+        assert (out / name).is_file(), name
+    for model in ("kaleido", "baseline"):
+        for scale in ("1", "3"):
+            assert Image.open(out / "grids" / f"{model}_cfg{scale}.png").size[0] > 32
+    with open(out / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    runs = [(r["model"], float(r["cfg_scale"])) for r in rows]
+    assert runs == [("kaleido", 1), ("kaleido", 3), ("baseline", 1), ("baseline", 3)]
+    shared = "fid precision recall vendi mean_similarity mode_coverage mode_tv color_tv count_coverage".split()
+    for row in rows:
+        assert all(math.isfinite(float(row[key])) for key in shared), row
+        assert 0 <= float(row["recall"]) <= 1 and 1 <= float(row["vendi"]) <= 16
+    assert all(rows[i]["adherence"] != "" for i in (0, 1)) and all(rows[i]["adherence"] == "" for i in (2, 3))
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["reference"]["num_images"] == 64 and report["reference"]["precision_recall_images"] == 16
+    assert set(report["modes"]) == {"kaleido_cfg1", "kaleido_cfg3", "baseline_cfg1", "baseline_cfg3"}
+    assert len(list(cache.iterdir())) == 1  # the reference statistics, cached
+
+    # The same seeds again (reference statistics now read from the cache): the same numbers.
+    main(_args(checkpoints, features, tmp_path / "b", cache))
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert _without_timing(again["results"]) == _without_timing(report["results"])
+    assert len(list(cache.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--cfg_scales": "[]"}, "error: --cfg_scales is empty"),
+        ({"--ckpt_path": "missing.ckpt"}, "error: no checkpoint at missing.ckpt"),
+        ({"--baseline_ckpt_path": "KALEIDO"}, "error: .* holds a Kaleido checkpoint; expected one of: DiffusionModel"),
+        ({"--ckpt_path": "BASELINE"}, "error: .* holds a DiffusionModel .*it must be Kaleido"),
+        ({"--num_samples": "3"}, "error: --num_samples must be >= 4"),
+    ],
+)
+def test_evaluate_bad_input_says_what(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    args = _args(checkpoints, features, tmp_path / "out", tmp_path / "cache")
+    named = {"KALEIDO": str(checkpoints["kaleido"]), "BASELINE": str(checkpoints["baseline"])}
+    for flag, value in change.items():
+        args[args.index(flag) + 1] = named.get(value, value)
+    with pytest.raises(SystemExit, match=message):
+        main(args)
+
+
+def test_unknown_sampler_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt_path", "x.ckpt", "--sampler", "euler"])
+    assert 'error: Parser key "sampler"' in capsys.readouterr().err
+
+
+def test_data_comes_from_the_config_beside_the_checkpoint(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path
+) -> None:
+    # A checkpoint moved away from its config.yaml: 16 px is not the default shapes data, so it must be told.
+    lone = tmp_path / "lone.ckpt"
+    shutil.copy(checkpoints["kaleido"], lone)
+    args = _args({"kaleido": lone, "baseline": checkpoints["baseline"]}, features, tmp_path / "out", tmp_path / "cache")
+    with pytest.raises(SystemExit, match="cannot tell which data .* pass --data_config"):
+        main(args)
+    # The data section alone is a valid --data_config, and the latents do not change the reference key.
+    config = checkpoints["kaleido"].parents[1] / "config.yaml"
+    section = tmp_path / "data.yaml"
+    section.write_text(
+        "class_path: kaleido.ShapesDataModule\ninit_args: {shapes: {resolution: 16, max_objects: 1}, num_train: 64}\n"
+    )
+    assert data_key(build_datamodule(section)) == data_key(build_datamodule(config))
