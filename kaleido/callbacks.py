@@ -1,16 +1,17 @@
-"""Callbacks: sample grids (with their latent text) and latent adherence during validation."""
+"""Callbacks: sample grids (with their latent text, boxes and blobs drawn) and latent adherence during validation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from kaleido.modules.base import ConditionalDiffusion
-from kaleido.viz import image_grid
+from kaleido.viz import has_geometry, image_grid, samples_grid
 
 
 class EMA(WeightAveraging):
@@ -36,9 +37,9 @@ class EMA(WeightAveraging):
 
 class LogSamples(Callback):
     """Every ``every_n_epochs`` validation epochs, sample ``samples_per_condition`` images for each
-    condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table; if
-    ``adherence`` is set, also log ``val/adherence`` (shapes text latents: see
-    :func:`kaleido.metrics.adherence.text_adherence`)."""
+    condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table (and, when z
+    has boxes or blobs, the grid with them drawn over each image); if ``adherence`` is set, also log
+    ``val/adherence`` (shapes text latents: see :func:`kaleido.metrics.adherence.text_adherence`)."""
 
     def __init__(
         self,
@@ -78,3 +79,9 @@ class LogSamples(Callback):
                     rows = [f"| {i} | {c} | {z} |" for i, (c, z) in enumerate(zip(out.conditions, out.latent_texts))]
                     table = "| # | condition | latent z |\n|---|---|---|\n" + "\n".join(rows)
                     logger.experiment.add_text("samples/latents", table, step)
+                    types = pl_module.tokenizer.latent_types
+                    if any(has_geometry(t) for t in types):
+                        drawn = samples_grid(
+                            out.images, out.latent_texts, types, self.samples_per_condition, captions=False
+                        )
+                        logger.experiment.add_image("samples/drawn_latents", np.asarray(drawn), step, dataformats="HWC")

@@ -1,22 +1,43 @@
-"""Turning samples into pictures: uint8 conversion and grids (shared by the CLI, TensorBoard and notebooks)."""
+"""Turning samples into pictures (shared by the CLI, TensorBoard and the notebooks): uint8 conversion and
+grids; box and blob latents drawn over images; captions and labelled grids. PIL only, no plotting library.
+
+Geometry follows ``docs/latents.md``: normalised coordinates, ``x`` right, ``y`` down, angles in degrees
+from +x towards +y (clockwise on screen).
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
+from collections.abc import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from kaleido.latents.base import LatentParseError, LatentType
+from kaleido.latents.blob import BlobLatent
+from kaleido.latents.box import BoxLatent
 
+Color = tuple[int, int, int]
+# Outline colours: saturated hues none of the shapes colours or backgrounds use, one per object.
+PALETTE: tuple[Color, ...] = ((255, 0, 255), (0, 255, 255), (120, 255, 0), (255, 150, 200))
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+
+
+# -- tensors → pixels -----------------------------------------------------------------------------
 def to_uint8(images: Tensor) -> Tensor:
     """[..., 3, H, W] in [-1, 1] → uint8 in [0, 255]."""
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def to_pil(image: Tensor) -> Image.Image:
-    return Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
+def to_pil(image: Tensor, upscale: int = 1) -> Image.Image:
+    """[3, H, W] in [-1, 1] → an RGB image, ``upscale`` times larger (nearest: pixels stay sharp)."""
+    picture = Image.fromarray(to_uint8(image).permute(1, 2, 0).cpu().numpy())
+    return (
+        picture.resize((picture.width * upscale, picture.height * upscale), Image.NEAREST) if upscale > 1 else picture
+    )
 
 
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2, upscale: int = 1) -> Tensor:
@@ -29,3 +50,163 @@ def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2, upscal
 
 def save_grid(images: Tensor, path: str, nrow: int | None = None, upscale: int = 1) -> None:
     Image.fromarray(image_grid(images, nrow, upscale=upscale).permute(1, 2, 0).numpy()).save(path)
+
+
+# -- geometry over images -------------------------------------------------------------------------
+def draw_box(image: Image.Image, box: Sequence[float], color: Color = PALETTE[0], width: int = 1) -> None:
+    """Outline a normalised box ``(x1, y1, x2, y2)`` (edges) in place, on the border pixels of the pixels it
+    covers. Edges are rounded to the nearest pixel edge: grid rounding puts them a hair off."""
+    x1, y1, x2, y2 = box
+    width_px, height_px = image.size
+    left, top = min(_edge(x1, width_px), width_px - 1), min(_edge(y1, height_px), height_px - 1)
+    right, bottom = max(_edge(x2, width_px) - 1, left), max(_edge(y2, height_px) - 1, top)
+    ImageDraw.Draw(image).rectangle((left, top, right, bottom), outline=color, width=width)
+
+
+def _edge(value: float, size: int) -> int:
+    """A normalised coordinate → the nearest pixel edge, ``0..size``."""
+    return min(max(round(value * size), 0), size)
+
+
+def draw_ellipse(
+    image: Image.Image, ellipse: Sequence[float], color: Color = PALETTE[0], width: int = 1, fill: Color | None = None
+) -> None:
+    """Draw a normalised ellipse ``(cx, cy, a, b, theta)`` in place: semi-axis ``a`` along ``theta`` degrees
+    (clockwise on screen), ``b`` across it. A polygon, since PIL's own ellipses cannot rotate."""
+    cx, cy, a, b, theta = (float(v) for v in ellipse)
+    cos_t, sin_t = math.cos(math.radians(theta)), math.sin(math.radians(theta))
+    n = max(16, math.ceil(2 * math.pi * max(a * image.width, b * image.height)))  # ~one vertex per pixel of perimeter
+    points = []
+    for k in range(n):
+        u, v = a * math.cos(2 * math.pi * k / n), b * math.sin(2 * math.pi * k / n)
+        x, y = cx + u * cos_t - v * sin_t, cy + u * sin_t + v * cos_t
+        points.append((math.floor(x * image.width), math.floor(y * image.height)))  # the pixel holding the point
+    ImageDraw.Draw(image).polygon(points, outline=color, fill=fill, width=width)
+
+
+def has_geometry(latent_type: LatentType) -> bool:
+    """Whether :func:`draw_latent` draws this type (boxes and blobs)."""
+    return isinstance(latent_type, (BoxLatent, BlobLatent))
+
+
+def draw_latent(
+    image: Image.Image, latent_type: LatentType, latent: str | Sequence[object], width: int = 1
+) -> Image.Image:
+    """A copy of ``image`` with the objects of a box or blob latent (text or objects) drawn over it, one
+    palette colour per object; other types, and text that does not parse, leave it unchanged."""
+    image = image.copy()
+    if not has_geometry(latent_type):
+        return image
+    try:
+        objects = latent_type.parse(latent) if isinstance(latent, str) else latent_type.canonical(latent)  # type: ignore[attr-defined]
+    except (LatentParseError, ValueError, TypeError):
+        return image
+    draw = draw_box if isinstance(latent_type, BoxLatent) else draw_ellipse
+    for index, obj in enumerate(objects):
+        draw(image, latent_type.to_normalised(obj), PALETTE[index % len(PALETTE)], width)  # type: ignore[attr-defined,operator]
+    return image
+
+
+def latent_segments(text: str, names: Sequence[str]) -> dict[str, str]:
+    """The joined editable z (``name: text`` per line, or the bare text of a single type) by type, without
+    validation (``KaleidoTokenizer.split_latent_text`` validates): a sample whose text segment is garbled
+    still has its boxes drawn."""
+    if len(names) == 1:
+        return {names[0]: text}
+    segments: dict[str, str] = {}
+    for line in text.split("\n"):
+        name, sep, body = line.partition(":")
+        if sep and name.strip() in names:
+            segments[name.strip()] = body.strip()
+    return segments
+
+
+def draw_latents(
+    image: Image.Image, latent_text: str, latent_types: Sequence[LatentType], width: int = 1
+) -> Image.Image:
+    """:func:`draw_latent` for every box or blob segment of a joined editable z."""
+    segments = latent_segments(latent_text, [t.name for t in latent_types])
+    for latent_type in latent_types:
+        if latent_type.name in segments:
+            image = draw_latent(image, latent_type, segments[latent_type.name], width)
+    return image
+
+
+# -- captions and grids ---------------------------------------------------------------------------
+def text_band(text: str, width: int, background: Color = WHITE, color: Color = BLACK) -> Image.Image:
+    """``text`` wrapped to ``width`` pixels (existing line breaks kept) on a band of its own height."""
+    font = ImageFont.load_default()
+    sample = "abcdefghijklmnopqrstuvwxyz0123456789"
+    chars = max(1, int(width / (font.getlength(sample) / len(sample))) - 1)
+    lines = [part for line in text.split("\n") for part in (textwrap.wrap(line, chars) or [""])]
+    left, top, _, bottom = font.getbbox("Hg")
+    line_height = bottom - top + 3
+    band = Image.new("RGB", (width, line_height * len(lines) + 4), background)
+    draw = ImageDraw.Draw(band)
+    for row, line in enumerate(lines):
+        draw.text((2 - left, 2 - top + row * line_height), line, fill=color, font=font)
+    return band
+
+
+def caption(image: Image.Image, text: str, width: int | None = None) -> Image.Image:
+    """``image`` (centred, on white) with ``text`` wrapped under it, ``width`` pixels wide at least."""
+    width = max(image.width, width or 0)
+    band = text_band(text, width) if text else Image.new("RGB", (width, 0))
+    out = Image.new("RGB", (width, image.height + band.height), WHITE)
+    out.paste(image, ((width - image.width) // 2, 0))
+    out.paste(band, (0, image.height))
+    return out
+
+
+def labelled_grid(
+    images: Sequence[Image.Image],
+    labels: Sequence[str] | None = None,
+    ncols: int | None = None,
+    title: str | None = None,
+    label_width: int | None = None,
+    padding: int = 4,
+) -> Image.Image:
+    """Images in rows of ``ncols`` (nearly square by default), each captioned with its label (wrapped to
+    ``label_width`` pixels or the image's width), under an optional title, on white."""
+    if not images:
+        raise ValueError("labelled_grid needs at least one image")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+    cells = [caption(image, labels[i] if labels else "", label_width) for i, image in enumerate(images)]
+    ncols = ncols or max(1, math.ceil(math.sqrt(len(cells))))
+    nrows = math.ceil(len(cells) / ncols)
+    cell_w, cell_h = max(c.width for c in cells), max(c.height for c in cells)
+    width = ncols * cell_w + (ncols + 1) * padding
+    head = text_band(title, width) if title else Image.new("RGB", (width, 0))
+    grid = Image.new("RGB", (width, head.height + nrows * cell_h + (nrows + 1) * padding), WHITE)
+    grid.paste(head, (0, 0))
+    for i, cell in enumerate(cells):
+        row, col = divmod(i, ncols)
+        grid.paste(cell, (padding + col * (cell_w + padding), head.height + padding + row * (cell_h + padding)))
+    return grid
+
+
+def side_by_side(
+    images: Sequence[Image.Image], labels: Sequence[str] | None = None, title: str | None = None
+) -> Image.Image:
+    """One row of labelled images (e.g. before / after an edit, or Kaleido beside the baseline)."""
+    return labelled_grid(images, labels, ncols=len(images), title=title)
+
+
+def samples_grid(
+    images: Tensor,
+    latent_texts: Sequence[str] | None = None,
+    latent_types: Sequence[LatentType] = (),
+    ncols: int | None = None,
+    upscale: int = 4,
+    captions: bool = True,
+    title: str | None = None,
+) -> Image.Image:
+    """Generated images ([N, 3, H, W] in [-1, 1]) upscaled, each with its z's boxes and blobs drawn over it
+    and (if ``captions``) its editable z written under it."""
+    pictures = [to_pil(image, upscale) for image in images]
+    if latent_texts is not None:
+        pictures = [draw_latents(p, z, latent_types) for p, z in zip(pictures, latent_texts)]
+    labels = list(latent_texts) if captions and latent_texts is not None else None
+    width = max(160, pictures[0].width) if labels else None  # a z needs room to be readable
+    return labelled_grid(pictures, labels, ncols, title, label_width=width)

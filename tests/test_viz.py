@@ -1,0 +1,146 @@
+"""Drawing helpers (kaleido/viz.py): boxes and rotated ellipses land on the right pixels, captions and
+grids have the right layout, and LogSamples logs the drawn latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+
+import kaleido
+from kaleido.callbacks import LogSamples
+from kaleido.latents import BlobLatent, BoxLatent, TextLatent
+from kaleido.latents.geometry import ellipse_from_mask
+from kaleido.viz import (
+    PALETTE,
+    caption,
+    draw_box,
+    draw_ellipse,
+    draw_latent,
+    draw_latents,
+    labelled_grid,
+    latent_segments,
+    samples_grid,
+    side_by_side,
+    to_pil,
+)
+from tests.conftest import tiny_datamodule, tiny_model_kwargs
+
+WHITE = (255, 255, 255)
+
+
+def changed(image: Image.Image) -> np.ndarray:
+    """Pixels no longer black."""
+    return np.asarray(image).any(axis=-1)
+
+
+def border(rows: slice, cols: slice, size: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[rows, cols] = True
+    inner = np.zeros_like(mask)
+    inner[rows.start + 1 : rows.stop - 1, cols.start + 1 : cols.stop - 1] = True
+    return mask & ~inner
+
+
+def test_a_box_changes_exactly_the_border_pixels_it_covers() -> None:
+    image = Image.new("RGB", (16, 16))
+    draw_box(image, (0.25, 0.25, 0.75, 0.5), WHITE)  # columns 4..11, rows 4..7
+    assert np.array_equal(changed(image), border(slice(4, 8), slice(4, 12), 16))
+    # Grid rounding puts edges a hair off the pixel edges (3/16 → 188/1000): the same pixels.
+    latent = BoxLatent(grid=1000)
+    rounded = Image.new("RGB", (16, 16))
+    draw_box(rounded, latent.to_normalised(latent.parse("red circle (188, 250, 750, 500)")[0]), WHITE)
+    expected = Image.new("RGB", (16, 16))
+    draw_box(expected, (3 / 16, 0.25, 0.75, 0.5), WHITE)
+    assert np.array_equal(changed(rounded), changed(expected))
+    # The whole image: its outermost ring.
+    whole = Image.new("RGB", (8, 8))
+    draw_box(whole, (0, 0, 1, 1), WHITE)
+    assert np.array_equal(changed(whole), border(slice(0, 8), slice(0, 8), 8))
+
+
+@pytest.mark.parametrize("theta", [0, 30, 90, 135])
+def test_a_filled_ellipse_fits_back_to_its_parameters(theta: int) -> None:
+    image = Image.new("RGB", (64, 64))
+    draw_ellipse(image, (0.5, 0.45, 0.35, 0.15, theta), WHITE, fill=WHITE)
+    cx, cy, a, b, fitted = ellipse_from_mask(changed(image))
+    assert (cx, cy) == pytest.approx((0.5, 0.45), abs=1 / 64)
+    assert (a, b) == pytest.approx((0.35, 0.15), abs=1.5 / 64)
+    assert min(abs(fitted - theta), 180 - abs(fitted - theta)) < 2
+
+
+def test_ellipse_rotation_is_clockwise_on_screen() -> None:
+    def outline(theta: float) -> np.ndarray:
+        image = Image.new("RGB", (32, 32))
+        draw_ellipse(image, (0.5, 0.5, 0.4, 0.1, theta), WHITE)
+        return changed(image)
+
+    assert np.array_equal(outline(90), outline(0).T), "a quarter turn of a centred ellipse is the transpose"
+    steep = outline(45)  # y down: the major axis runs from top-left to bottom-right
+    assert steep[24:28, 24:28].any() and steep[4:8, 4:8].any()
+    assert not steep[4:8, 24:28].any() and not steep[24:28, 4:8].any()
+
+
+def test_latents_are_drawn_when_they_parse() -> None:
+    image = Image.new("RGB", (32, 32))
+    box, blob = BoxLatent(grid=100), BlobLatent(grid=100)
+    drawn = draw_latent(image, box, "red circle (0, 0, 50, 50); blue square (50, 50, 100, 100)")
+    colours = {tuple(int(v) for v in p) for p in np.asarray(drawn).reshape(-1, 3)} - {(0, 0, 0)}
+    assert colours == {PALETTE[0], PALETTE[1]}, "one palette colour per object"
+    assert not changed(image).any(), "the input image is left alone"
+    assert changed(draw_latent(image, blob, [("bar", (50, 50, 40, 10, 45))])).any()
+    for latent_type, text in [(box, "red circle (0, 0"), (TextLatent(), "a red circle")]:
+        assert not changed(draw_latent(image, latent_type, text)).any()
+
+    joined = "text: garbled (\nbox: red circle (0, 0, 50, 50)\nblob: also garbled"
+    names = ["text", "box", "blob"]
+    assert latent_segments(joined, names) == {
+        "text": "garbled (",
+        "box": "red circle (0, 0, 50, 50)",
+        "blob": "also garbled",
+    }
+    both = draw_latents(image, joined, [TextLatent(), box, blob])
+    assert np.array_equal(changed(both), changed(draw_latent(image, box, "red circle (0, 0, 50, 50)")))
+
+
+def test_captions_and_grids() -> None:
+    red = Image.new("RGB", (20, 10), (200, 0, 0))
+    captioned = caption(red, "a long caption that wraps onto several lines", width=60)
+    assert captioned.width == 60 and captioned.height > 10 + 20, "wrapped to more than one line"
+    assert np.array_equal(np.asarray(captioned)[:10, 20:40], np.asarray(red)), "the image centred on top"
+    assert (np.asarray(captioned)[10:] < 100).all(axis=-1).any(), "dark text under it"
+    assert caption(red, "").size == red.size
+
+    grid = labelled_grid([red] * 5, ncols=2, padding=2)
+    assert grid.size == (2 * 20 + 3 * 2, 3 * 10 + 4 * 2)
+    assert side_by_side([red] * 3, ["a", "b", "c"], title="t").width == 3 * 20 + 4 * 4
+    with pytest.raises(ValueError, match="2 labels for 3 images"):
+        labelled_grid([red] * 3, ["a", "b"])
+
+    images = torch.zeros(4, 3, 8, 8)
+    assert to_pil(images[0], upscale=3).size == (24, 24)
+    assert samples_grid(images, ncols=4, upscale=2).size == (4 * 16 + 5 * 4, 16 + 2 * 4)
+    labelled = samples_grid(images, ["red circle (0, 0, 50, 50)"] * 4, [BoxLatent(grid=100)], ncols=4)
+    assert labelled.width == 4 * 160 + 5 * 4, "captions at least 160 px wide"
+
+
+def test_log_samples_draws_the_latents(tmp_path: Path) -> None:
+    data = tiny_datamodule(num_train=16)
+    data.latent_types.append(BoxLatent(grid=16))  # before its tokenizer is built
+    model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
+    logger = TensorBoardLogger(tmp_path)
+    trainer = SimpleNamespace(
+        sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7
+    )
+    LogSamples(["a circle"], samples_per_condition=2, num_steps=2).on_validation_epoch_end(trainer, model)  # type: ignore[arg-type]
+    logger.experiment.flush()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(logger.log_dir).Reload()
+    assert {"samples", "samples/drawn_latents"} <= set(events.Tags()["images"])
