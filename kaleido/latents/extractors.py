@@ -1,13 +1,14 @@
-"""Model-backed extractors for real images: a detector for boxes, SAM for blobs.
+"""Model-backed extractors for real images: a captioner for text, a detector for boxes, SAM for blobs.
 
-Both load ``transformers`` checkpoints from a local directory only (``local_files_only=True``): nothing
+All load ``transformers`` checkpoints from a local directory only (``local_files_only=True``): nothing
 is downloaded at run time. Put a checkpoint there once with ``save_pretrained`` (or
 ``huggingface-cli download --local-dir``) and point the extractor at it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +30,120 @@ def _local_dir(path: str, what: str) -> Path:
             "only (nothing is downloaded); save one there with `save_pretrained` first"
         )
     return directory
+
+
+class CaptionerTextExtractor(Extractor):
+    """Descriptions for the ``text`` latent from an image-to-text model, prompted with the condition.
+
+    The prompt (``prompt`` with the image's condition filled in) is the start of the caption and the
+    model continues it, so each caption begins with its condition (as the tokenizer writes it back: an
+    uncased BLIP lowercases it) and goes on to describe the image. ``prompt=None`` captions unprompted.
+    The caption's whitespace is collapsed to single spaces: the joined multi-type latent is line-based.
+
+    Two families, each prompted its own way:
+
+    * encoder-decoder captioners (``VisionEncoderDecoderModel``, e.g. ViT-GPT2): the prompt follows the
+      decoder start token in ``decoder_input_ids``;
+    * BLIP (``BlipForConditionalGeneration``): its conditional captioning, ``input_ids`` =
+      start, prompt, ``[SEP]`` (BLIP swaps in its own start token and drops the ``[SEP]``).
+
+    A batch holds prompts of one token length, so nothing is padded and batching gives exactly what
+    one image at a time gives; conditions of a data set share few lengths, so batches stay full.
+
+    Args:
+        model_path: local directory with the model, its image processor and its tokenizer
+            (``save_pretrained`` of each).
+        prompt: the prompt template, ``{condition}`` replaced by the image's condition; ``None``: no prompt.
+        max_new_tokens: the longest continuation.
+        num_beams: beam width (1: greedy); decoding is deterministic either way.
+        batch_size: images per ``generate`` call.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        prompt: str | None = "{condition}",
+        max_new_tokens: int = 60,
+        num_beams: int = 1,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer  # late: a slow import
+
+        try:
+            from transformers import AutoModelForImageTextToText as AutoCaptioner
+        except ImportError:  # transformers < 4.46
+            from transformers import AutoModelForVision2Seq as AutoCaptioner  # type: ignore[no-redef]
+
+        if prompt is not None:
+            prompt.format(condition="")  # a bad template fails here, not at the first image
+        if batch_size < 1 or max_new_tokens < 1 or num_beams < 1:
+            raise ValueError(
+                f"batch_size, max_new_tokens, num_beams must be >= 1: {batch_size}, {max_new_tokens}, {num_beams}"
+            )
+        directory = _local_dir(model_path, "captioner")
+        self.processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.model = AutoCaptioner.from_pretrained(directory, local_files_only=True).to(device).eval()
+        self.prompt, self.max_new_tokens, self.num_beams = prompt, max_new_tokens, num_beams
+        self.batch_size, self.device = batch_size, device
+        self.prompt_key, self.prefix, self.suffix = self._prompting(directory)
+
+    def _prompting(self, directory: Path) -> tuple[str, list[int], list[int]]:
+        """The ``generate`` argument that carries the prompt, and the ids around the prompt's."""
+        config = self.model.config
+        if config.model_type == "blip":
+            text = config.text_config
+            return "input_ids", [text.bos_token_id], [text.sep_token_id]
+        if config.is_encoder_decoder:
+            start = self.model.generation_config.decoder_start_token_id
+            start = start if start is not None else config.decoder_start_token_id
+            if start is None:
+                raise ValueError(
+                    f"captioner {directory} has no decoder_start_token_id; set it in its generation config"
+                )
+            return "decoder_input_ids", [int(start)], []
+        raise ValueError(
+            f"captioner {directory} is a {type(self.model).__name__} ({config.model_type!r}); supported are "
+            "encoder-decoder captioners (VisionEncoderDecoderModel) and BLIP (BlipForConditionalGeneration)"
+        )
+
+    def prompt_ids(self, condition: str) -> list[int]:
+        """What ``generate`` continues from, for one condition."""
+        if self.prompt is None:
+            return self.prefix + self.suffix
+        ids = self.tokenizer(self.prompt.format(condition=condition), add_special_tokens=False)["input_ids"]
+        return self.prefix + list(ids) + self.suffix
+
+    def _groups(self, prompts: Sequence[list[int]]) -> Iterator[list[int]]:
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for index, ids in enumerate(prompts):
+            by_length[len(ids)].append(index)
+        for indices in by_length.values():
+            for start in range(0, len(indices), self.batch_size):
+                yield indices[start : start + self.batch_size]
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[str]:
+        arrays = to_uint8_images(images)
+        if len(conditions) != len(arrays):
+            raise ValueError(f"{len(arrays)} images but {len(conditions)} conditions; give one per image")
+        prompts = [self.prompt_ids(c) for c in conditions]
+        captions = [""] * len(arrays)
+        for group in self._groups(prompts):
+            pixels = self.processor(images=[arrays[i] for i in group], return_tensors="pt")["pixel_values"]
+            ids = torch.tensor([prompts[i] for i in group], dtype=torch.long, device=self.device)
+            out = self.model.generate(
+                pixel_values=pixels.to(self.device, self.model.dtype),
+                **{self.prompt_key: ids},
+                max_new_tokens=self.max_new_tokens,
+                num_beams=self.num_beams,
+                do_sample=False,
+            )
+            for index, text in zip(group, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+                captions[index] = " ".join(text.split())
+        return captions
 
 
 @runtime_checkable
@@ -73,7 +188,9 @@ class DetectorBoxExtractor(Extractor):
         if labels is not None:
             unknown = sorted(set(labels) - set(self.id2label.values()))
             if unknown:
-                raise ValueError(f"labels {unknown} are not classes of {directory}; it knows {sorted(self.id2label.values())}")
+                raise ValueError(
+                    f"labels {unknown} are not classes of {directory}; it knows {sorted(self.id2label.values())}"
+                )
         self.labels = None if labels is None else set(labels)
         self.threshold, self.grid, self.device = threshold, grid, device
         self.latent = BoxLatent(grid, max_objects, order)
@@ -92,7 +209,9 @@ class DetectorBoxExtractor(Extractor):
         detections = []
         for result in results:
             found = []
-            for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].cpu().numpy()):
+            for score, label, box in zip(
+                result["scores"].tolist(), result["labels"].tolist(), result["boxes"].cpu().numpy()
+            ):
                 name = self.id2label.get(int(label), f"LABEL_{int(label)}")
                 phrase = clean_phrase(name)
                 if phrase is None or (self.labels is not None and name not in self.labels):
@@ -103,7 +222,9 @@ class DetectorBoxExtractor(Extractor):
 
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBox]]:  # noqa: ARG002
         return [
-            self.latent.canonical([self.latent.from_normalised(phrase, box) for _, phrase, box in found[: self.latent.max_objects]])
+            self.latent.canonical(
+                [self.latent.from_normalised(phrase, box) for _, phrase, box in found[: self.latent.max_objects]]
+            )
             for found in self.detect(images)
         ]
 
@@ -137,7 +258,9 @@ class SamBlobExtractor(Extractor):
         from transformers import SamModel, SamProcessor  # late: a slow import
 
         if not isinstance(box_extractor, BoxSource):
-            raise TypeError(f"box_extractor must be callable and have a `grid` (a box extractor), got {box_extractor!r}")
+            raise TypeError(
+                f"box_extractor must be callable and have a `grid` (a box extractor), got {box_extractor!r}"
+            )
         directory = _local_dir(sam_path, "SAM")
         self.processor = SamProcessor.from_pretrained(directory, local_files_only=True)
         self.model = SamModel.from_pretrained(directory, local_files_only=True).to(device).eval()
@@ -180,4 +303,4 @@ class SamBlobExtractor(Extractor):
         ]
 
 
-__all__ = ["BoxSource", "DetectorBoxExtractor", "SamBlobExtractor"]
+__all__ = ["BoxSource", "CaptionerTextExtractor", "DetectorBoxExtractor", "SamBlobExtractor"]

@@ -56,10 +56,15 @@ class TextLatent(LatentType):
         return stripped
 
     def build_extractor(self) -> Extractor:
+        """The analytic extractor of the embedded ``shapes`` data. Free text has no built-in one: as box
+        and blob do for real images, construct the model-backed
+        :class:`kaleido.latents.extractors.CaptionerTextExtractor` with a local captioner checkpoint
+        (``kaleido extract --extractor``), so no machine-local path becomes part of the latent type."""
         if self.grammar == "shapes":
             return ShapesTextExtractor()
         raise NotImplementedError(
-            "the free-text latent has no built-in extractor yet; precompute descriptions into a sidecar file"
+            "the free-text latent has no built-in extractor: caption the images with a local model, "
+            "kaleido.latents.extractors.CaptionerTextExtractor (model_path=DIR; see docs/latents.md)"
         )
 
 
