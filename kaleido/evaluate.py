@@ -2,7 +2,7 @@
 
 For each model and scale: FID against cached statistics of the training images, improved precision
 and recall (k = 3), Vendi score and mean pairwise similarity; on ``shapes`` also mode coverage and,
-for Kaleido with the text latent, latent adherence. Writes ``metrics.json``, ``metrics.csv``,
+for Kaleido, latent adherence (text, box and blob latents). Writes ``metrics.json``, ``metrics.csv``,
 ``fid_vs_cfg.png``, ``recall_vs_cfg.png`` and ``grids/<model>_cfg<scale>.png``.
 """
 
@@ -40,11 +40,13 @@ from kaleido.metrics import (
     shapes_mode_coverage,
     vendi_score,
 )
-from kaleido.metrics.adherence import text_adherence
+from kaleido.metrics.adherence import latent_adherence
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.viz import save_grid
 
+# Latent types whose adherence the shapes parser measures (visual tokens need the VQ model: not here).
+PARSED_LATENTS = {"text", "box", "blob"}
 PLOTS = {
     "fid": ("fid_vs_cfg.png", "FID (lower is better)"),
     "recall": ("recall_vs_cfg.png", "recall (higher is better)"),
@@ -341,9 +343,10 @@ def evaluate(
                 details[f"{name}_cfg{scale:g}"] = {
                     c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()
                 }
-                if texts is not None and model.tokenizer.latent_names == ["text"]:
-                    score = text_adherence(images, texts)
-                    row.update(adherence=score.objects, adherence_exact=score.exact, unparsed_latents=score.unparsed)
+                if texts is not None and set(model.tokenizer.latent_names) <= PARSED_LATENTS:
+                    scores = latent_adherence(images, texts, model.tokenizer.latent_types)
+                    for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
+                        row.update({f"adherence_{kind}_{k}": v for k, v in asdict(score).items() if k != "count"})
             rows.append({**row, "sampling_seconds": round(seconds, 2)})
     progress.close()
 
