@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: train configs/shapes/kaleido_text_gpu.yaml, then measure latent adherence.
-# Usage (from the repo root): bash benchmarks/gpu_shapes_text.sh OUT_DIR [MAX_TIME]
+# Usage (from the repo root): bash benchmarks/gpu_shapes_text.sh OUT_DIR [MAX_TIME] [all|train|eval]
+# `train` and `eval` split the work over two calls on a warm machine (the run lives in /tmp/kaleido_runs, kept while the machine is warm).
 set -euo pipefail
-out=${1:?output dir}; max_time=${2:-00:00:07:00}
+out=${1:?output dir}; max_time=${2:-00:00:07:00}; stage=${3:-all}
+root=${ROOT:-/tmp/kaleido_runs/shapes_text_gpu}  # outside the repo: a call that carries paths replaces them
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import jsonargparse" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
@@ -11,16 +13,19 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" | tee -a "$out/device.txt"
-root=$(mktemp -d /tmp/run_text.XXXX)  # fresh: a warm machine keeps earlier runs
-start=$(date +%s)
-python3 -m kaleido fit --config configs/shapes/kaleido_text_gpu.yaml --trainer.default_root_dir $root \
-  --trainer.max_time "$max_time" 2>&1 | grep -v -i warn | tail -n 40 | tee "$out/train_log.txt"
-echo "train_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/train_log.txt"
-ckpt=$(ls $root/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1)
+if [[ $stage != eval ]]; then
+  rm -rf "$root"; mkdir -p "$root"  # fresh: a warm machine keeps earlier runs
+  start=$(date +%s)
+  python3 -m kaleido fit --config configs/shapes/kaleido_text_gpu.yaml --trainer.default_root_dir "$root" \
+    --trainer.max_time "$max_time" 2>&1 | grep -v -i warn | tail -n 40 | tee "$out/train_log.txt"
+  echo "train_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/train_log.txt"
+  cp "$root"/lightning_logs/version_*/events.out.tfevents.* "$out/" 2>/dev/null || true
+fi
+ckpt=$(ls "$root"/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1)
 python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$ckpt" | tee -a "$out/train_log.txt"
+[[ $stage == train ]] && exit 0
 for sampler in "ddpm 250" "ddim 50"; do
   set -- $sampler
   python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples 1024 --cfg_scale 3 --sampler $1 --num_steps $2 \
     --batch_size 512 --output "$out/adherence_$1" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20
 done
-cp $root/lightning_logs/version_*/events.out.tfevents.* "$out/" 2>/dev/null || true

@@ -7,15 +7,15 @@
 # TYPES      any of box blob vtoken combined (default: all four). They train at the same time on the
 #            one GPU, each with 14/n loader workers (WORKERS sets it); MAX_TIME is each one's.
 # VQ_TIME    the VQ tokenizer's training time (default 00:00:02:00). It is trained only when a type
-#            needs it and runs/shapes_types_gpu/vq holds none (delete that folder to retrain it);
+#            needs it and /tmp/kaleido_runs/shapes_types_gpu/vq holds none (delete that folder to retrain it);
 #            VQ_CKPT names another checkpoint instead.
 # NUM_TRAIN  training scenes of every type trained in this call (default: the configs' 50,000).
-# `train` and `eval` split the work over calls on a warm machine (the runs live in runs/shapes_types_gpu).
+# `train` and `eval` split the work over calls on a warm machine (the runs live in /tmp/kaleido_runs/shapes_types_gpu: outside the repo, which a call with carried paths replaces).
 # A dry run on a CPU: SUFFIX="" (the CPU configs), FIT_ARGS / VQ_ARGS (more fit arguments), SAMPLES, STEPS.
 set -euo pipefail
 out=${1:?output dir}; max_time=${2:-00:00:06:30}; stage=${3:-all}
 types=(${TYPES:-box blob vtoken combined})
-root=$(realpath -m "${ROOT:-runs/shapes_types_gpu}")  # absolute: the Kaleido checkpoints keep the VQ path
+root=$(realpath -m "${ROOT:-/tmp/kaleido_runs/shapes_types_gpu}")  # absolute: the Kaleido checkpoints keep the VQ path
 suffix=${SUFFIX-_gpu}; samples=${SAMPLES:-1024}; steps=${STEPS:-250}
 workers=${WORKERS:-$(( 14 / ${#types[@]} > 1 ? 14 / ${#types[@]} : 1 ))}
 vq=$(realpath -m "${VQ_CKPT:-$root/vq/lightning_logs/version_0/checkpoints/last.ckpt}")

@@ -28,7 +28,48 @@ def timed(fn, steps: int = 10, warmup: int = 3) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main(config_path: Path, output: Path = Path("profile"), loader_batches: int = 40) -> None:
+def scaling(model: LightningModule, batches: list[dict], batch_sizes: list[int], compile: bool) -> dict[str, float]:
+    """Seconds per training step (and images/s) at each batch size, eager, then with the UNet compiled."""
+    images = torch.cat([b["image"] for b in batches])
+    results: dict[str, float] = {}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for compiled in [False, True] if compile else [False]:
+        if compiled:
+            model.unet.compile()
+        for size in batch_sizes:
+            keys = [k for k in batches[0] if torch.is_tensor(batches[0][k]) and k != "image"]
+            width = {k: max(b[k].shape[1] for b in batches) for k in keys}  # pad to one static length
+            batch = {k: torch.cat([torch.nn.functional.pad(b[k], (0, width[k] - b[k].shape[1])) for b in batches])[:size].cuda()
+                     for k in keys}
+            batch["image"] = images[:size].cuda()
+
+            def step() -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    cond = model.condition(batch)
+                    loss = model.diffusion_loss(batch["image"], cond) + sum(cond.losses.values())
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            tag = f"{'compiled' if compiled else 'eager'}_b{size}"
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            results[f"{tag}_first_step_s"] = time.perf_counter() - start
+            results[f"{tag}_step_s"] = seconds = timed(step)
+            results[f"{tag}_images_per_s"] = size / seconds
+            print(tag, f"{seconds:.4f} s/step", f"{size / seconds:.0f} img/s", flush=True)
+    return results
+
+
+def main(
+    config_path: Path,
+    output: Path = Path("profile"),
+    loader_batches: int = 40,
+    batch_sizes: list[int] | None = None,
+    compile: bool = False,
+) -> None:
+    """Profile one configuration; with ``batch_sizes`` only measure step time per batch size (and compiled)."""
     cli = KaleidoCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      run=False, args=["--config", str(config_path)], save_config_callback=None)
     model, data = cli.model.cuda(), cli.datamodule
@@ -37,6 +78,11 @@ def main(config_path: Path, output: Path = Path("profile"), loader_batches: int 
     start = time.perf_counter()
     batches = [next(loader) for _ in range(loader_batches)]
     results["loader_batches_per_s"] = loader_batches / (time.perf_counter() - start)
+    if batch_sizes:
+        results.update(scaling(model, batches, batch_sizes, compile))
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "scaling.json").write_text(json.dumps(results, indent=2))
+        return
     batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batches[-1].items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 

@@ -135,8 +135,8 @@ class KaleidoTokenizer:
             )
         return ids
 
-    def encode_conditions(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        return self.pad([self.encode_condition(t) for t in texts])
+    def encode_conditions(self, texts: Sequence[str], length: int | None = None) -> tuple[Tensor, Tensor]:
+        return self.pad([self.encode_condition(t) for t in texts], length)
 
     # -- latents ----------------------------------------------------------------------------------
     def format_latents(self, latents: Mapping[str, Any]) -> dict[str, str]:
@@ -200,8 +200,12 @@ class KaleidoTokenizer:
         return {t.name: t.format(t.parse(parts[t.name])) for t in self.latent_types}
 
     # -- batching ----------------------------------------------------------------------------------
-    def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        length = max(len(s) for s in sequences)
+    def pad(self, sequences: Sequence[Sequence[int]], length: int | None = None) -> tuple[Tensor, Tensor]:
+        """Right-pad to the longest sequence, or to ``length`` (static shapes for a compiled model)."""
+        longest = max(len(s) for s in sequences)
+        if length is not None and longest > length:
+            raise SequenceTooLongError(f"a sequence of {longest} tokens does not fit the padded length {length}")
+        length = longest if length is None else length
         ids = torch.full((len(sequences), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(sequences), length), dtype=torch.bool)
         for row, seq in enumerate(sequences):

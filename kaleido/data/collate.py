@@ -13,15 +13,21 @@ from kaleido.tokenizer import KaleidoTokenizer
 
 
 class Collate:
-    """Items ``{"id", "image" [3,H,W] in [-1,1], "condition": str, "latents": {type: object}}`` → batch."""
+    """Items ``{"id", "image" [3,H,W] in [-1,1], "condition": str, "latents": {type: object}}`` → batch.
 
-    def __init__(self, tokenizer: KaleidoTokenizer) -> None:
+    ``pad_to_limits`` pads ids to the tokenizer's limits instead of the batch's longest: every batch
+    then has one shape, which a compiled denoiser needs to avoid recompiling.
+    """
+
+    def __init__(self, tokenizer: KaleidoTokenizer, pad_to_limits: bool = False) -> None:
         self.tokenizer = tokenizer
+        self.pad_to_limits = pad_to_limits
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tok = self.tokenizer
         conditions = [item["condition"] for item in items]
-        condition_ids, condition_mask = tok.encode_conditions(conditions)
+        static = self.pad_to_limits
+        condition_ids, condition_mask = tok.encode_conditions(conditions, tok.max_condition_length if static else None)
         batch: dict[str, Any] = {
             "id": [item["id"] for item in items],
             "image": torch.stack([item["image"] for item in items]),
@@ -31,12 +37,15 @@ class Collate:
         }
         if tok.latent_names:
             texts = [tok.format_latents(item["latents"]) for item in items]
-            batch["latent_ids"], batch["latent_mask"] = tok.pad([tok.encode_latent_texts(t) for t in texts])
+            rows = [tok.encode_latent_texts(t) for t in texts]
+            batch["latent_ids"], batch["latent_mask"] = tok.pad(rows, tok.max_latent_length if static else None)
             batch["latent_text"] = [tok.join_latent_texts(t) for t in texts]
         return batch
 
 
-def make_loader(dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+def make_loader(
+    dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool, pad_to_limits: bool = False
+) -> DataLoader:
     """The loader every kaleido data module uses: training shuffles and drops the last partial batch
     (steady batch shapes); workers persist between epochs; tokenisation runs in ``Collate``."""
     return DataLoader(
@@ -46,6 +55,6 @@ def make_loader(dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, 
         drop_last=shuffle,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        collate_fn=Collate(tokenizer),
+        collate_fn=Collate(tokenizer, pad_to_limits),
         pin_memory=torch.cuda.is_available(),
     )

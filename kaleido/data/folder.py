@@ -102,6 +102,7 @@ class ImageFolderDataModule(LightningDataModule):
         check_images: open every image's header while loading, so a missing or unreadable file is found
             before training starts (about a millisecond an image); when off, a bad file fails when a
             loader reaches it.
+        pad_to_limits: pad token ids to the tokenizer's limits (one batch shape, for ``model.compile``).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class ImageFolderDataModule(LightningDataModule):
         on_missing: Literal["raise", "skip"] = "raise",
         latents_dir: str | None = None,
         check_images: bool = True,
+        pad_to_limits: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -138,6 +140,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.on_missing = on_missing
         self.latents_dir = Path(latents_dir) if latents_dir else self.root / LATENTS_DIR
         self.check_images = check_images
+        self.pad_to_limits = pad_to_limits
         self.skipped: dict[str, list[str]] = {}  # reason → file names left out (on_missing="skip")
         self._splits: dict[str, list[FolderItem]] | None = None
         self._tokenizer: KaleidoTokenizer | None = None
@@ -231,10 +234,10 @@ class ImageFolderDataModule(LightningDataModule):
         return self._tokenizer
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.dataset("train"), self.tokenizer, self.batch_size, self.num_workers, shuffle=True)
+        return make_loader(self.dataset("train"), self.tokenizer, self.batch_size, self.num_workers, True, self.pad_to_limits)
 
     def val_dataloader(self) -> DataLoader:
-        return make_loader(self.dataset("val"), self.tokenizer, self.batch_size, self.num_workers, shuffle=False)
+        return make_loader(self.dataset("val"), self.tokenizer, self.batch_size, self.num_workers, False, self.pad_to_limits)
 
 
 # -- a folder from the embedded shapes data (tests, docs, trying the pipeline) ---------------------

@@ -79,6 +79,8 @@ class ShapesDataModule(LightningDataModule):
         tokenizer_path: a ``tokenizer.json`` to load instead of training one.
         max_condition_length / max_latent_length: token limits; ``None`` derives them from the
             training data (longest + a margin). An explicit limit below the data's longest is an error.
+        pad_to_limits: pad token ids to those limits rather than to each batch's longest: one batch
+            shape throughout, for a compiled denoiser (``model.compile: true``).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class ShapesDataModule(LightningDataModule):
         tokenizer_path: str | None = None,
         max_condition_length: int | None = None,
         max_latent_length: int | None = None,
+        pad_to_limits: bool = False,
     ) -> None:
         super().__init__()
         self.latent_types = [build_latent_type(spec) for spec in latents]
@@ -103,6 +106,7 @@ class ShapesDataModule(LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.vocab_size, self.tokenizer_path = vocab_size, tokenizer_path
         self.max_condition_length, self.max_latent_length = max_condition_length, max_latent_length
+        self.pad_to_limits = pad_to_limits
         self._tokenizer: KaleidoTokenizer | None = None
 
     @property
@@ -138,7 +142,7 @@ class ShapesDataModule(LightningDataModule):
         return self._tokenizer
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.dataset(split), self.tokenizer, self.batch_size, self.num_workers, shuffle)
+        return make_loader(self.dataset(split), self.tokenizer, self.batch_size, self.num_workers, shuffle, self.pad_to_limits)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -98,10 +98,18 @@ class ConditionalDiffusion(LightningModule, ABC):
         }
 
     def build_denoiser(self, cond_dim: int) -> UNet:
-        unet = UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
-        if self.compile_denoiser:
-            unet.compile()  # in place: parameter names (and checkpoints) stay the same
-        return unet
+        return UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
+
+    def training_denoiser(self) -> torch.nn.Module:
+        """The UNet, compiled (``compile: true``) for training steps only. A training step has one shape
+        (``pad_to_limits``, ``drop_last``); validation and sampling change batch and length and would
+        recompile, a minute each, for little gain. Built on first use and kept out of the module tree:
+        parameter names, checkpoints and the EMA's copy of the model stay as without compiling."""
+        if not (self.training and self.compile_denoiser):
+            return self.unet
+        if "_compiled_unet" not in self.__dict__:
+            self.__dict__["_compiled_unet"] = torch.compile(self.unet, dynamic=False)
+        return self.__dict__["_compiled_unet"]
 
     # -- conditioning ---------------------------------------------------------------------------
     @abstractmethod
@@ -116,7 +124,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
         uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
         x_t = self.schedule.add_noise(images, noise, t)
-        output = self.unet(x_t, t, cond.states, cond.mask, uncond)
+        output = self.training_denoiser()(x_t, t, cond.states, cond.mask, uncond)
         target = self.schedule.target(images, noise, t, self.diffusion_settings.prediction)
         return F.mse_loss(output.float(), target.float())
 

@@ -1,0 +1,89 @@
+"""Static batch shapes (``pad_to_limits``) and the compiled training path (``compile: true``)."""
+
+import copy
+
+import pytest
+import torch
+
+import kaleido
+from kaleido.data.collate import Collate
+from kaleido.tokenizer import SequenceTooLongError
+from tests.conftest import tiny_datamodule, tiny_model_kwargs
+
+
+def items_of(data, n=4):  # type: ignore[no-untyped-def]
+    dataset = data.dataset("train")
+    return [dataset[i] for i in range(n)]
+
+
+def test_padding_to_the_limits_gives_one_shape_and_keeps_every_token(text_data) -> None:  # type: ignore[no-untyped-def]
+    tok = text_data.tokenizer
+    items = items_of(text_data)
+    loose, static = Collate(tok)(items), Collate(tok, pad_to_limits=True)(items)
+    assert static["condition_ids"].shape == (4, tok.max_condition_length)
+    assert static["latent_ids"].shape == (4, tok.max_latent_length)
+    for key in ("condition", "latent"):
+        ids, mask = loose[f"{key}_ids"], loose[f"{key}_mask"]
+        width = ids.shape[1]
+        assert torch.equal(static[f"{key}_ids"][:, :width], ids)
+        assert torch.equal(static[f"{key}_mask"][:, :width], mask)
+        assert not static[f"{key}_mask"][:, width:].any()
+
+
+def test_padding_refuses_a_sequence_longer_than_the_length(text_data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SequenceTooLongError, match="padded length 2"):
+        text_data.tokenizer.pad([[5, 6, 7]], length=2)
+
+
+def test_the_loss_does_not_depend_on_padding(text_data, single_thread) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()).eval()
+    items = items_of(text_data)
+    losses = []
+    for static in (False, True):
+        batch = Collate(text_data.tokenizer, pad_to_limits=static)(items)
+        cond = model.condition(batch)
+        diffusion = model.diffusion_loss(batch["image"], cond, torch.Generator().manual_seed(0))
+        losses.append(torch.stack([diffusion, cond.metrics["nll"]]))
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_data_module_passes_pad_to_limits_to_its_loaders() -> None:
+    data = tiny_datamodule(pad_to_limits=True)
+    batch = next(iter(data.train_dataloader()))
+    assert batch["latent_ids"].shape[1] == data.tokenizer.max_latent_length
+
+
+def test_only_training_steps_use_the_compiled_denoiser(text_data, monkeypatch, single_thread) -> None:  # type: ignore[no-untyped-def]
+    calls = {"compile": 0, "compiled_forward": 0}
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper; counts its use
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):  # type: ignore[no-untyped-def]
+            calls["compiled_forward"] += 1
+            return self.module(*args)
+
+    def fake_compile(module, dynamic=None):  # type: ignore[no-untyped-def]
+        calls["compile"] += 1
+        assert dynamic is False  # one static shape: never compile a dynamic-shape graph
+        return Compiled(module)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    plain = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, compile=True, **tiny_model_kwargs())
+    assert calls["compile"] == 0  # built on first use: the EMA's deepcopy of the module sees no wrapper
+    copy.deepcopy(model)
+    batch = Collate(text_data.tokenizer, pad_to_limits=True)(items_of(text_data))
+    model.train()
+    model.diffusion_loss(batch["image"], model.condition(batch)).backward()
+    model.diffusion_loss(batch["image"], model.condition(batch))
+    assert calls == {"compile": 1, "compiled_forward": 2}
+    model.generate(["a circle"], num_steps=2)
+    model.eval()
+    model.diffusion_loss(batch["image"], model.condition(batch))
+    assert calls["compiled_forward"] == 2  # sampling and validation stay eager
+    assert model.state_dict().keys() == plain.state_dict().keys()
