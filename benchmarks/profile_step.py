@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +29,16 @@ def timed(fn, steps: int = 10, warmup: int = 3) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def training_step(model: LightningModule, batch: dict, opt: torch.optim.Optimizer) -> None:
+    """Forward (bf16 autocast), backward and Adam: the step Lightning runs, without the loop around it."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        cond = model.condition(batch)
+        loss = model.diffusion_loss(batch["image"], cond) + sum(cond.losses.values())
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def scaling(model: LightningModule, batches: list[dict], batch_sizes: list[int], compile: bool) -> dict[str, float]:
     """Seconds per training step (and images/s) at each batch size, eager, then with the UNet compiled."""
     images = torch.cat([b["image"] for b in batches])
@@ -42,14 +53,7 @@ def scaling(model: LightningModule, batches: list[dict], batch_sizes: list[int],
             batch = {k: torch.cat([torch.nn.functional.pad(b[k], (0, width[k] - b[k].shape[1])) for b in batches])[:size].cuda()
                      for k in keys}
             batch["image"] = images[:size].cuda()
-
-            def step() -> None:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    cond = model.condition(batch)
-                    loss = model.diffusion_loss(batch["image"], cond) + sum(cond.losses.values())
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step = partial(training_step, model, batch, opt)
 
             tag = f"{'compiled' if compiled else 'eager'}_b{size}"
             start = time.perf_counter()
@@ -85,14 +89,7 @@ def main(
         return
     batch = {k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in batches[-1].items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            cond = model.condition(batch)
-            loss = model.diffusion_loss(batch["image"], cond) + sum(cond.losses.values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = partial(training_step, model, batch, opt)
 
     def prior_only() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -39,7 +39,8 @@ class LogSamples(Callback):
     """Every ``every_n_epochs`` validation epochs, sample ``samples_per_condition`` images for each
     condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table (and, when z
     has boxes or blobs, the grid with them drawn over each image); if ``adherence`` is set, also log
-    ``val/adherence`` (shapes text latents: see :func:`kaleido.metrics.adherence.text_adherence`)."""
+    each latent type's adherence as ``val/adherence/<type>/<measure>`` (shapes latents: see
+    :func:`kaleido.metrics.adherence.latent_adherence`; e.g. ``val/adherence/text/objects``)."""
 
     def __init__(
         self,
@@ -66,10 +67,16 @@ class LogSamples(Callback):
             self.conditions, cfg_scale=self.cfg_scale, sampler=self.sampler, num_steps=self.num_steps, seed=self.seed
         )
         if self.adherence and out.latent_texts is not None:
-            from kaleido.metrics.adherence import text_adherence
+            from kaleido.metrics.adherence import latent_adherence
 
-            score = text_adherence(out.images, out.latent_texts)
-            pl_module.log_dict({"val/adherence": score.objects, "val/adherence_exact": score.exact}, rank_zero_only=True)
+            scores = latent_adherence(out.images, out.latent_texts, pl_module.tokenizer.latent_types)
+            values = {
+                f"val/adherence/{name}/{field}": float(value)
+                for name, score in scores.items()
+                for field, value in vars(score).items()
+                if field != "count"
+            }
+            pl_module.log_dict(values, rank_zero_only=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 step = trainer.global_step

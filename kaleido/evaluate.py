@@ -115,8 +115,9 @@ def data_key(datamodule: LightningDataModule) -> str:
 
 
 def training_images(datamodule: LightningDataModule) -> Dataset:
-    dataset = datamodule.dataset("train")  # type: ignore[attr-defined]
-    return getattr(dataset, "shapes", dataset)  # shapes: the bare scenes, its latents are not needed here
+    if isinstance(datamodule, ShapesDataModule):
+        return datamodule.shapes_split("train")  # the bare scenes: extracting their latents is not needed here
+    return datamodule.dataset("train")  # type: ignore[attr-defined]
 
 
 def training_conditions(datamodule: LightningDataModule, count: int) -> list[str]:

@@ -302,3 +302,46 @@ def test_description_errors_name_the_position(text: str, message: str) -> None:
         parse_description(text)
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_extractor_latents_are_computed_once_in_batches_and_follow_the_item() -> None:
+    from typing import Any
+
+    from kaleido.data.shapes_datamodule import ShapesDataModule
+    from kaleido.latents import LatentType
+    from kaleido.latents.base import Extractor
+
+    calls: list[int] = []
+    devices: list[str] = []
+
+    class MeanColour(Extractor):  # the image's mean red level, as a count of 1/10ths
+        def __call__(self, images: torch.Tensor, conditions: Any) -> list[int]:
+            calls.append(len(images))
+            return [int((img[0].mean() + 1) * 5) for img in images]
+
+        def to(self, device: str) -> "MeanColour":
+            devices.append(device)
+            return self
+
+    class RedLevel(LatentType):
+        name = "red_level"
+
+        def format(self, latent: int) -> str:
+            return f"red {latent}"
+
+        def parse(self, text: str) -> int:
+            return int(text.split()[1])
+
+        def build_extractor(self) -> Extractor:
+            return MeanColour()
+
+    data = ShapesDataModule(
+        latents=[RedLevel()], shapes=ShapesConfig(resolution=16), num_train=300, num_val=4, batch_size=8, extract_device="cpu"
+    )
+    data.tokenizer  # noqa: B018 - builds the tokenizer from the training texts, extracting on the way
+    train = data.dataset("train")
+    items = [train[i] for i in (0, 137, 299)]
+    assert calls == [256, 44]  # one pass over the split, in batches; the loader reuses it
+    assert devices == ["cpu"]
+    for item in items:
+        assert item["latents"]["red_level"] == int((item["image"][0].mean() + 1) * 5)

@@ -129,7 +129,7 @@ def test_captions_and_grids() -> None:
     assert labelled.width == 4 * 160 + 5 * 4, "captions at least 160 px wide"
 
 
-def test_log_samples_draws_the_latents(tmp_path: Path) -> None:
+def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) -> None:
     data = tiny_datamodule(num_train=16)
     data.latent_types.append(BoxLatent(grid=16))  # before its tokenizer is built
     model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
@@ -137,8 +137,14 @@ def test_log_samples_draws_the_latents(tmp_path: Path) -> None:
     trainer = SimpleNamespace(
         sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7
     )
-    LogSamples(["a circle"], samples_per_condition=2, num_steps=2).on_validation_epoch_end(trainer, model)  # type: ignore[arg-type]
+    logged: dict[str, float] = {}
+    model.log_dict = lambda values, **_: logged.update(values)  # type: ignore[method-assign]
+    callback = LogSamples(["a circle"], samples_per_condition=2, num_steps=2, adherence=True)
+    callback.on_validation_epoch_end(trainer, model)  # type: ignore[arg-type]
     logger.experiment.flush()
+    # every latent type's measure, each a share or a mean IoU in [0, 1]
+    assert {"val/adherence/text/objects", "val/adherence/box/iou", "val/adherence/box/unparsed"} <= set(logged)
+    assert all(0.0 <= v <= 1.0 for v in logged.values())
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from kaleido.data.collate import make_loader
-from kaleido.data.shapes import Scene, ShapesConfig, ShapesDataset, condition_text
+from kaleido.data.shapes import Scene, ShapesConfig, ShapesDataset, collate, condition_text
 from kaleido.data.shapes_text import describe
 from kaleido.latents import LatentType, build_latent_type
 from kaleido.latents.blob import scene_blobs
@@ -26,41 +27,57 @@ GROUND_TRUTH: dict[str, Callable[[Scene, LatentType], Any]] = {
 }
 
 
+def extract_latents(
+    shapes: ShapesDataset,
+    latent_types: Sequence[LatentType],
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str = "cpu",
+) -> dict[str, list[Any]]:
+    """Latents of the types without shapes ground truth (visual tokens, plugins), for every item of
+    ``shapes``: rendered by a loader, extracted in batches on ``device``, once. Per item in the training
+    loader, the shipped VQ encoder costs ~25 ms an image on one CPU core and starves a GPU."""
+    extractors = {t.name: t.build_extractor().to(device) for t in latent_types if t.name not in GROUND_TRUTH}
+    found: dict[str, list[Any]] = {name: [] for name in extractors}
+    if not extractors or len(shapes) == 0:
+        return found
+    loader = DataLoader(shapes, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    for batch in tqdm(loader, desc=f"extracting {', '.join(extractors)} latents", unit="batch", leave=False):
+        for name, extractor in extractors.items():
+            found[name] += extractor(batch["image"], batch["condition"])
+    return found
+
+
 class ShapesLatents:
-    """Scene (+ image) → latent object per type: exact ground truth where the data set knows it,
-    otherwise the type's own extractor on the rendered image (built once, not per item)."""
+    """Item → latent object per type: exact ground truth where the data set knows it, otherwise the
+    latents ``extract_latents`` computed beforehand (by item index)."""
 
-    def __init__(self, latent_types: Sequence[LatentType]) -> None:
+    def __init__(self, latent_types: Sequence[LatentType], extracted: Mapping[str, Sequence[Any]]) -> None:
         self.latent_types = list(latent_types)
-        self.needs_image = any(t.name not in GROUND_TRUTH for t in self.latent_types)
-        self._extractors: dict[str, Any] = {}
+        self.extracted = extracted
 
-    def __call__(self, scene: Scene, image: torch.Tensor | None, condition: str) -> dict[str, Any]:
-        return {t.name: self._one(t, scene, image, condition) for t in self.latent_types}
+    def __call__(self, index: int, scene: Scene) -> dict[str, Any]:
+        return {t.name: self._one(t, index, scene) for t in self.latent_types}
 
-    def _one(self, latent_type: LatentType, scene: Scene, image: torch.Tensor | None, condition: str) -> Any:
+    def _one(self, latent_type: LatentType, index: int, scene: Scene) -> Any:
         if latent_type.name in GROUND_TRUTH:
             return GROUND_TRUTH[latent_type.name](scene, latent_type)
-        if image is None:
-            raise ValueError(f"latent type {latent_type.name!r} has no shapes ground truth and needs the image")
-        if latent_type.name not in self._extractors:
-            self._extractors[latent_type.name] = latent_type.build_extractor()
-        return self._extractors[latent_type.name](image[None], [condition])[0]
+        return self.extracted[latent_type.name][index]
 
 
 class ShapesWithLatents(Dataset):
     """Adds ``"latents": {type name: latent object}`` to every ``ShapesDataset`` item."""
 
-    def __init__(self, shapes: ShapesDataset, latent_types: Sequence[LatentType]) -> None:
+    def __init__(self, shapes: ShapesDataset, latents: ShapesLatents) -> None:
         self.shapes = shapes
-        self.latents = ShapesLatents(latent_types)
+        self.latents = latents
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.shapes[index]
-        item["latents"] = self.latents(item["scene"], item["image"], item["condition"])
+        item["latents"] = self.latents(item["id"], item["scene"])
         return item
 
 
@@ -81,6 +98,8 @@ class ShapesDataModule(LightningDataModule):
             training data (longest + a margin). An explicit limit below the data's longest is an error.
         pad_to_limits: pad token ids to those limits rather than to each batch's longest: one batch
             shape throughout, for a compiled denoiser (``model.compile: true``).
+        extract_device: where latents without shapes ground truth (visual tokens, plugins) are
+            extracted, once per split before training; ``auto``: the GPU if there is one.
     """
 
     def __init__(
@@ -98,6 +117,7 @@ class ShapesDataModule(LightningDataModule):
         max_condition_length: int | None = None,
         max_latent_length: int | None = None,
         pad_to_limits: bool = False,
+        extract_device: str = "auto",
     ) -> None:
         super().__init__()
         self.latent_types = [build_latent_type(spec) for spec in latents]
@@ -107,29 +127,42 @@ class ShapesDataModule(LightningDataModule):
         self.vocab_size, self.tokenizer_path = vocab_size, tokenizer_path
         self.max_condition_length, self.max_latent_length = max_condition_length, max_latent_length
         self.pad_to_limits = pad_to_limits
+        self.extract_device = extract_device
         self._tokenizer: KaleidoTokenizer | None = None
+        self._extracted: dict[str, dict[str, list[Any]]] = {}  # split → type name → latent per item
 
     @property
     def image_size(self) -> int:
         return self.shapes.resolution
 
-    def dataset(self, split: str) -> ShapesWithLatents:
+    def shapes_split(self, split: str) -> ShapesDataset:
         sizes = {"train": self.num_train, "val": self.num_val, "test": self.num_test}
         offsets = {"train": 0, "val": 1, "test": 2}
         if split not in sizes:
             raise ValueError(f"split must be one of {sorted(sizes)}, got {split!r}")
-        shapes = ShapesDataset(sizes[split], self.shapes, seed=self.seed * 3 + offsets[split])
-        return ShapesWithLatents(shapes, self.latent_types)
+        return ShapesDataset(sizes[split], self.shapes, seed=self.seed * 3 + offsets[split])
+
+    def split_latents(self, split: str) -> ShapesLatents:
+        """The split's latents; extractor-based ones are computed on first use and kept."""
+        if split not in self._extracted:
+            device = self.extract_device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._extracted[split] = extract_latents(
+                self.shapes_split(split), self.latent_types, num_workers=self.num_workers, device=device
+            )
+        return ShapesLatents(self.latent_types, self._extracted[split])
+
+    def dataset(self, split: str) -> ShapesWithLatents:
+        return ShapesWithLatents(self.shapes_split(split), self.split_latents(split))
 
     def texts(self) -> Iterator[tuple[str, dict[str, str]]]:
-        """(condition, editable latent texts) of every training item; images rendered only if needed."""
-        shapes = ShapesDataset(self.num_train, self.shapes, seed=self.seed * 3)
-        latents = ShapesLatents(self.latent_types)
+        """(condition, editable latent texts) of every training item; scenes are not rendered here."""
+        shapes, latents = self.shapes_split("train"), self.split_latents("train")
         for index in range(len(shapes)):
-            item = shapes[index] if latents.needs_image else {"scene": shapes.scene(index), "image": None}
-            condition = condition_text(item["scene"])
-            objects = latents(item["scene"], item["image"], condition)
-            yield condition, {t.name: t.format(objects[t.name]) for t in self.latent_types}
+            scene = shapes.scene(index)
+            objects = latents(index, scene)
+            yield condition_text(scene), {t.name: t.format(objects[t.name]) for t in self.latent_types}
 
     @property
     def tokenizer(self) -> KaleidoTokenizer:

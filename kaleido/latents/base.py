@@ -53,6 +53,10 @@ class Extractor(ABC):
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[Any]:
         """``images`` are [B, 3, H, W] in [-1, 1]; returns one latent object per image."""
 
+    def to(self, device: str) -> Extractor:
+        """Run on ``device`` from now on (extractors with a network move it; the default has none)."""
+        return self
+
 
 class LatentType(ABC):
     """A kind of discrete latent ``z``. Register subclasses with ``@register_latent_type``."""

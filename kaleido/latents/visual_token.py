@@ -148,6 +148,11 @@ class VisualTokenExtractor(Extractor):
                 f"with codebook_size={codebook_size}, num_tokens={num_tokens}. Set them to match the checkpoint"
             )
 
+    def to(self, device: str) -> VisualTokenExtractor:
+        self.vq.to(device)
+        self.device = device
+        return self
+
     @torch.no_grad()
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[tuple[int, ...]]:  # noqa: ARG002
         codes = self.vq.encode(images.to(self.device, torch.float32))
