@@ -57,6 +57,25 @@ def test_parameterisations_invert_exactly(schedule: CosineSchedule, prediction: 
     torch.testing.assert_close(eps_hat, noise, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
+def test_min_snr_weighting_is_the_same_x0_loss_for_every_parameterisation(schedule: CosineSchedule, prediction: str) -> None:
+    # A network output that implies the estimate x0_hat (from x_t): its weighted loss is min(SNR, γ)·‖x0_hat − x0‖².
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(64, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(64, 3, 4, 4, generator=g, dtype=torch.float64)
+    x0_hat = x0 + 0.1 * torch.randn(64, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.arange(64) * (T // 64) + 3
+    x_t = schedule.add_noise(x0, noise, t)
+    a, s = schedule.alpha_sigma(t, torch.float64)
+    eps_hat = (x_t - a * x0_hat) / s
+    output = schedule.target(x0_hat, eps_hat, t, prediction)  # type: ignore[arg-type]
+    target = schedule.target(x0, noise, t, prediction)  # type: ignore[arg-type]
+    per_sample = (output - target).square().flatten(1).mean(1)
+    weighted = schedule.min_snr_weight(t, prediction, gamma=5.0).double() * per_sample  # type: ignore[arg-type]
+    expected = schedule.snr(t).clamp(max=5.0) * (x0_hat - x0).square().flatten(1).mean(1)
+    torch.testing.assert_close(weighted, expected, rtol=1e-5, atol=1e-9)
+
+
 def test_v_target_definition(schedule: CosineSchedule) -> None:
     x0, noise, t = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2), torch.tensor([0, 10, 500, 999])
     a, s = schedule.alpha_sigma(t)

@@ -189,3 +189,20 @@ def test_prior_starts_from_local_pretrained_weights(text_data, tmp_path) -> None
     assert torch.equal(encoder.encoder.block[0].layer[0].SelfAttention.q.weight, source.encoder.block[0].layer[0].SelfAttention.q.weight)
     with pytest.raises(OSError):
         kaleido.Kaleido(tokenizer=tok, **{**kwargs, "t5": replace(TINY_T5, pretrained_model_name_or_path=str(tmp_path / "missing"))})
+
+
+def test_min_snr_weighting_changes_the_loss_and_is_validated(text_data) -> None:  # type: ignore[no-untyped-def]
+    batch = batch_of(text_data)
+    losses = {}
+    for weighting in ("uniform", "min_snr"):
+        torch.manual_seed(0)
+        model = kaleido.Kaleido(
+            tokenizer=text_data.tokenizer, diffusion=DiffusionSettings(loss_weighting=weighting), **tiny_model_kwargs()
+        )
+        cond = model.condition(batch)
+        losses[weighting] = model.diffusion_loss(batch["image"], cond, torch.Generator().manual_seed(0))
+    assert 0 < losses["min_snr"] < losses["uniform"]  # v-loss weights min(SNR, 5) / (SNR + 1) are all < 1
+    with pytest.raises(ValueError, match="loss_weighting"):
+        DiffusionSettings(loss_weighting="snr")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        DiffusionSettings(min_snr_gamma=0.0)

@@ -84,6 +84,17 @@ class CosineSchedule(nn.Module):
         abar = self.alphas_cumprod[t.long()]
         return abar / (1 - abar)
 
+    def min_snr_weight(self, t: Tensor, prediction: Prediction, gamma: float) -> Tensor:
+        """Per-sample loss weights [B] (float32) of Min-SNR-γ (Hang et al. 2023): the loss on the
+        network's target, reweighted to min(SNR, γ) · ‖x̂0 − x0‖². The plain v-loss equals
+        (SNR + 1) · ‖x̂0 − x0‖², the ε-loss SNR · ‖x̂0 − x0‖², the x0-loss itself."""
+        snr = self.snr(t)
+        clipped = snr.clamp(max=gamma)
+        per_target = {"v": snr + 1, "eps": snr, "x0": torch.ones_like(snr)}
+        if prediction not in per_target:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        return (clipped / per_target[prediction]).float()
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Sample q(x_t | x0): α_t x0 + σ_t ε."""
         a, s = self.alpha_sigma(t, x0.dtype)

@@ -118,15 +118,20 @@ class ConditionalDiffusion(LightningModule, ABC):
 
     # -- training ---------------------------------------------------------------------------------
     def diffusion_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
-        """MSE on the chosen target at uniform t; each row's whole conditioning dropped w.p. p_uncond."""
+        """MSE on the chosen target at uniform t (optionally Min-SNR weighted); each row's whole
+        conditioning dropped w.p. p_uncond."""
         batch = images.shape[0]
         t = self.schedule.sample_timesteps(batch, images.device, generator)
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
         uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
         x_t = self.schedule.add_noise(images, noise, t)
         output = self.training_denoiser()(x_t, t, cond.states, cond.mask, uncond)
-        target = self.schedule.target(images, noise, t, self.diffusion_settings.prediction)
-        return F.mse_loss(output.float(), target.float())
+        settings = self.diffusion_settings
+        target = self.schedule.target(images, noise, t, settings.prediction)
+        if settings.loss_weighting == "uniform":
+            return F.mse_loss(output.float(), target.float())
+        per_sample = (output.float() - target.float()).square().flatten(1).mean(1)
+        return (self.schedule.min_snr_weight(t, settings.prediction, settings.min_snr_gamma) * per_sample).mean()
 
     def _step(self, batch: dict[str, Any], stage: str, generator: torch.Generator | None = None) -> Tensor:
         cond = self.condition(batch)

@@ -31,10 +31,16 @@ class DiffusionSettings:
     num_timesteps: int = 1000
     prediction: Literal["v", "eps", "x0"] = "v"
     p_uncond: float = 0.1  # (c, z) dropped together with this probability: learns the null conditioning
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"  # min_snr: Hang et al. 2023, beyond the paper
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if self.loss_weighting not in ("uniform", "min_snr"):
+            raise ValueError(f"loss_weighting must be 'uniform' or 'min_snr', got {self.loss_weighting!r}")
+        if self.min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
 
 
 @dataclass
