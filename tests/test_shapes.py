@@ -345,3 +345,28 @@ def test_extractor_latents_are_computed_once_in_batches_and_follow_the_item() ->
     assert devices == ["cpu"]
     for item in items:
         assert item["latents"]["red_level"] == int((item["image"][0].mean() + 1) * 5)
+
+
+def test_an_extractor_returning_too_few_latents_is_an_error() -> None:
+    from kaleido.data.shapes_datamodule import extract_latents
+    from kaleido.latents import LatentType
+    from kaleido.latents.base import Extractor
+
+    class DropsOne(Extractor):
+        def __call__(self, images: torch.Tensor, conditions: object) -> list[int]:
+            return [0] * (len(images) - 1)
+
+    class Broken(LatentType):
+        name = "broken"
+
+        def format(self, latent: int) -> str:
+            return str(latent)
+
+        def parse(self, text: str) -> int:
+            return int(text)
+
+        def build_extractor(self) -> Extractor:
+            return DropsOne()
+
+    with pytest.raises(ValueError, match="returned 3 latents for 4 images"):
+        extract_latents(shapes.ShapesDataset(4, ShapesConfig(resolution=16)), [Broken()])

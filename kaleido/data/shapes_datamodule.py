@@ -44,7 +44,10 @@ def extract_latents(
     loader = DataLoader(shapes, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     for batch in tqdm(loader, desc=f"extracting {', '.join(extractors)} latents", unit="batch", leave=False):
         for name, extractor in extractors.items():
-            found[name] += extractor(batch["image"], batch["condition"])
+            latents = extractor(batch["image"], batch["condition"])
+            if len(latents) != len(batch["image"]):  # the rest would then belong to the wrong items
+                raise ValueError(f"the {name!r} extractor returned {len(latents)} latents for {len(batch['image'])} images")
+            found[name] += latents
     return found
 
 
