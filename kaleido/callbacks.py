@@ -58,6 +58,19 @@ class LogSamples(Callback):
         self.cfg_scale, self.sampler, self.num_steps = cfg_scale, sampler, num_steps
         self.every_n_epochs, self.seed, self.adherence = every_n_epochs, seed, adherence
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Refuse, before training starts, latent types no adherence measure knows (not hours later)."""
+        if not (self.adherence and isinstance(pl_module, ConditionalDiffusion)):
+            return
+        from kaleido.metrics.adherence import MEASURED
+
+        unknown = [n for n in pl_module.tokenizer.latent_names if n not in MEASURED]
+        if unknown:
+            raise ValueError(
+                f"LogSamples(adherence=true) has no measure for latent types {unknown}; measured are "
+                f"{list(MEASURED)}. Set adherence: false for these types"
+            )
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not isinstance(pl_module, ConditionalDiffusion):
             return

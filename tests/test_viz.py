@@ -150,3 +150,31 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
 
     events = EventAccumulator(logger.log_dir).Reload()
     assert {"samples", "samples/drawn_latents"} <= set(events.Tags()["images"])
+
+
+def test_log_samples_refuses_unmeasured_latent_types_before_training() -> None:
+    from kaleido.latents import LatentType
+    from kaleido.latents.base import Extractor
+
+    class One(Extractor):
+        def __call__(self, images: torch.Tensor, conditions: object) -> list[int]:
+            return [1] * len(images)
+
+    class Count(LatentType):
+        name = "count"
+
+        def format(self, latent: int) -> str:
+            return f"{latent} objects"
+
+        def parse(self, text: str) -> int:
+            return int(text.split()[0])
+
+        def build_extractor(self) -> Extractor:
+            return One()
+
+    data = tiny_datamodule(num_train=16)
+    data.latent_types.append(Count())
+    model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
+    with pytest.raises(ValueError, match=r"no measure for latent types \['count'\]"):
+        LogSamples(adherence=True).setup(None, model, "fit")  # type: ignore[arg-type]
+    LogSamples(adherence=False).setup(None, model, "fit")  # type: ignore[arg-type]
