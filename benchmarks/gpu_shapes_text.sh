@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the lent GPU machine: train configs/shapes/kaleido_text_gpu.yaml, then measure latent adherence.
 # Usage (from the repo root): bash benchmarks/gpu_shapes_text.sh OUT_DIR [MAX_TIME] [all|train|eval]
+# CONFIG overrides the config, SAMPLES (1024) the number of samples measured, FIT_ARGS adds fit arguments (e.g. "--model.init_args.compile true").
 # `train` and `eval` split the work over two calls on a warm machine (the run lives in /tmp/kaleido_runs, kept while the machine is warm).
 set -euo pipefail
 out=${1:?output dir}; max_time=${2:-00:00:07:00}; stage=${3:-all}
@@ -11,13 +12,14 @@ if ! python3 -c "import jsonargparse" 2>/dev/null; then
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+mkdir -p "$out"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU"; } | tee "$out/device.txt"
 python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" | tee -a "$out/device.txt"
 if [[ $stage != eval ]]; then
   rm -rf "$root"; mkdir -p "$root"  # fresh: a warm machine keeps earlier runs
   start=$(date +%s)
-  python3 -m kaleido fit --config configs/shapes/kaleido_text_gpu.yaml --trainer.default_root_dir "$root" \
-    --trainer.max_time "$max_time" 2>&1 | grep -v -i warn | tail -n 40 | tee "$out/train_log.txt"
+  python3 -m kaleido fit --config "${CONFIG:-configs/shapes/kaleido_text_gpu.yaml}" --trainer.default_root_dir "$root" \
+    --trainer.max_time "$max_time" ${FIT_ARGS:-} 2>&1 | grep -v -i warn | tail -n 40 | tee "$out/train_log.txt"
   echo "train_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/train_log.txt"
   cp "$root"/lightning_logs/version_*/events.out.tfevents.* "$out/" 2>/dev/null || true
 fi
@@ -26,6 +28,6 @@ python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_l
 [[ $stage == train ]] && exit 0
 for sampler in "ddpm 250" "ddim 50"; do
   set -- $sampler
-  python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples 1024 --cfg_scale 3 --sampler $1 --num_steps $2 \
+  python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "${SAMPLES:-1024}" --cfg_scale 3 --sampler $1 --num_steps $2 \
     --batch_size 512 --output "$out/adherence_$1" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20
 done
