@@ -312,3 +312,17 @@ def test_data_module_extracts_visual_tokens_end_to_end(trained: Path) -> None:
     for ids, mask, text in zip(batch["latent_ids"], batch["latent_mask"], batch["latent_text"]):
         decoded = tok.decode_latent_texts(ids[mask].tolist())["visual_token"]
         assert decoded == text and len(latent.parse(text)) == 16
+
+
+def test_a_collapsed_codebook_is_reported() -> None:
+    from types import SimpleNamespace
+
+    model = VQTokenizer(image_size=16, vq=TINY_VQ)
+    model._trainer = SimpleNamespace(sanity_checking=False, global_step=300)  # type: ignore[assignment]
+    with pytest.warns(UserWarning, match="codebook has collapsed: 1 of 32 codes"):
+        model._warn_if_collapsed(used=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model._warn_if_collapsed(used=2)  # a small but live codebook is not a collapse

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from kaleido.__about__ import __version__
@@ -118,6 +119,19 @@ class VQTokenizer(LightningModule):
             self._grid_images = torch.cat([batch["image"][:n], reconstruction[:n]]).detach().float().cpu()
         return loss
 
+    def _warn_if_collapsed(self, used: int) -> None:
+        """One code for every validation image means the encoder's output no longer depends on the
+        image; the dead-code restarts cannot recover from that (every restart candidate is the same
+        vector), so say so instead of training on."""
+        if used > 1 or self.trainer.sanity_checking or self.global_step == 0:
+            return
+        rank_zero_warn(
+            f"the VQ codebook has collapsed: {used} of {self.vq_settings.codebook_size} codes used on the "
+            f"validation set at step {self.global_step}, so the tokens carry no information. This is a "
+            f"training divergence (seen on the GPU at lr 1e-3, batch 256); restart with a lower "
+            f"optimizer.lr (configs/shapes/vq.yaml uses 3e-4) or a longer warm-up."
+        )
+
     def on_validation_epoch_end(self) -> None:
         if self._val_counts is None:
             return
@@ -126,6 +140,7 @@ class VQTokenizer(LightningModule):
             # Already summed over ranks: log without another reduction.
             self.log("val/codebook_usage", (counts > 0).float().mean())
             self.log("val/perplexity", perplexity(counts))
+            self._warn_if_collapsed(int((counts > 0).sum()))
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or self._grid_images is None:
             return
         for logger in self.trainer.loggers:
