@@ -51,6 +51,7 @@ def main(
     precision: Literal["32", "bf16"] = "32",
     vq_checkpoint: Path | None = None,
     output: Path = Path("adherence"),
+    compile: bool = False,
 ) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_float32_matmul_precision("high")
@@ -62,7 +63,8 @@ def main(
     start = time.perf_counter()
     with autocast:
         out = model.generate(
-            conditions, cfg_scale=cfg_scale, sampler=sampler, num_steps=num_steps, seed=seed, batch_size=batch_size
+            conditions, cfg_scale=cfg_scale, sampler=sampler, num_steps=num_steps, seed=seed, batch_size=batch_size,
+            compile=compile,
         )
     seconds = time.perf_counter() - start
     scores = latent_adherence(out.images, out.latent_texts or [], latent_types, vq=vq)
@@ -75,6 +77,7 @@ def main(
         "num_steps": num_steps,
         "seed": seed,
         "precision": precision,
+        "compile": compile,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "per_type": {name: asdict(score) for name, score in scores.items()},
         "sampling_seconds": round(seconds, 2),

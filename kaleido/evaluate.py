@@ -148,6 +148,7 @@ def sample_sweep(
     batch_size: int,
     autocast: Any,
     progress: tqdm,
+    compile: bool = False,
 ) -> tuple[Tensor, list[str] | None]:
     """All samples of one (model, scale), batch by batch; batch ``start`` is seeded by (seed, start) only,
     so both models and every scale see the same noise (and Kaleido the same z draws per scale)."""
@@ -162,6 +163,7 @@ def sample_sweep(
                 num_steps=steps,
                 seed=seed * 1_000_003 + start,
                 batch_size=len(part),
+                compile=compile,
             )
         images.append(out.images)
         texts += out.latent_texts or []
@@ -251,6 +253,7 @@ def evaluate(
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
     num_workers: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
 
@@ -275,6 +278,9 @@ def evaluate(
         device: "auto" (CUDA if available), "cpu" or "cuda".
         precision: "bf16" samples under bfloat16 autocast (features stay float32).
         num_workers: loader workers that render / read the reference images.
+        compile: ``torch.compile`` the denoiser for sampling (GPU sweeps: 2.8× the eager forward at
+            batch 4,096 on an H100, ~30 s of compiling per model and batch shape; make num_samples a
+            multiple of batch_size so one shape serves every batch).
     """
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
@@ -323,7 +329,9 @@ def evaluate(
         for scale in cfg_scales:
             progress.set_postfix(model=name, cfg=scale)
             start = time.perf_counter()
-            images, texts = sample_sweep(model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress)
+            images, texts = sample_sweep(
+                model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile
+            )
             seconds = time.perf_counter() - start
             save_grid(images[:64], str(output / "grids" / f"{name}_cfg{scale:g}.png"), nrow=8, upscale=2)
             fake = extract_features(extractor, images, batch_size)

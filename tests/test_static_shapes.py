@@ -87,3 +87,31 @@ def test_only_training_steps_use_the_compiled_denoiser(text_data, monkeypatch, s
     model.diffusion_loss(batch["image"], model.condition(batch))
     assert calls["compiled_forward"] == 2  # sampling and validation stay eager
     assert model.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_compiled_sampling_pads_the_conditioning_and_matches_eager(text_data, monkeypatch, single_thread) -> None:  # type: ignore[no-untyped-def]
+    seen_lengths: list[int] = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper; records the shapes it sees
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x, t, cond, cond_mask, uncond):  # type: ignore[no-untyped-def]
+            seen_lengths.append(cond.shape[1])
+            return self.module(x, t, cond, cond_mask, uncond)
+
+    monkeypatch.setattr(torch, "compile", lambda module, dynamic=None: Compiled(module))
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()).eval()
+    conditions = ["a circle", "a square"]
+    eager = model.generate(conditions, num_steps=3, cfg_scale=3.0, seed=1)
+    assert not seen_lengths
+    compiled = model.generate(conditions, num_steps=3, cfg_scale=3.0, seed=1, compile=True)
+    # Padding to the tokenizer's limits gives the compiled graph one shape and changes no pixel.
+    assert set(seen_lengths) == {model.conditioning_limit}
+    assert compiled.latent_texts == eager.latent_texts
+    torch.testing.assert_close(compiled.images, eager.images, atol=1e-5, rtol=0)
+    model.sampling.compile = True  # the checkpointed default is used when generate is not told
+    model.generate(["a triangle"], num_steps=2, seed=2)
+    assert len(seen_lengths) == 3 + 2  # one batched (conditional + unconditional) call per step

@@ -100,16 +100,27 @@ class ConditionalDiffusion(LightningModule, ABC):
     def build_denoiser(self, cond_dim: int) -> UNet:
         return UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
 
-    def training_denoiser(self) -> torch.nn.Module:
-        """The UNet, compiled (``compile: true``) for training steps only. A training step has one shape
-        (``pad_to_limits``, ``drop_last``); validation and sampling change batch and length and would
-        recompile, a minute each, for little gain. Built on first use and kept out of the module tree:
-        parameter names, checkpoints and the EMA's copy of the model stay as without compiling."""
-        if not (self.training and self.compile_denoiser):
+    def denoiser(self, compiled: bool) -> torch.nn.Module:
+        """The UNet, or its ``torch.compile`` wrapper (static shapes). Built on first use and kept out of
+        the module tree: parameter names, checkpoints and the EMA's copy of the model stay as without
+        compiling, and the wrapper always runs the current (e.g. averaged) weights."""
+        if not compiled:
             return self.unet
         if "_compiled_unet" not in self.__dict__:
             self.__dict__["_compiled_unet"] = torch.compile(self.unet, dynamic=False)
         return self.__dict__["_compiled_unet"]
+
+    def training_denoiser(self) -> torch.nn.Module:
+        """Compiled (``compile: true``) for training steps only: a training step has one shape
+        (``pad_to_limits``, ``drop_last``), while validation changes batch and length and would
+        recompile, a minute each, for little gain. Sampling compiles on request (``sampling.compile``)."""
+        return self.denoiser(self.training and self.compile_denoiser)
+
+    @property
+    def conditioning_limit(self) -> int:
+        """The longest conditioning sequence the tokenizer lets through (condition, then z)."""
+        tok = self.tokenizer
+        return tok.max_condition_length + (tok.max_latent_length if self.uses_latents else 0)
 
     # -- conditioning ---------------------------------------------------------------------------
     @abstractmethod
@@ -170,11 +181,16 @@ class ConditionalDiffusion(LightningModule, ABC):
         return ids.to(self.device), mask.to(self.device)
 
     def sample_images(
-        self, cond: Conditioning, cfg_scale: float, sampler: str, num_steps: int, generator: torch.Generator
+        self, cond: Conditioning, cfg_scale: float, sampler: str, num_steps: int, generator: torch.Generator,
+        compile: bool = False,
     ) -> Tensor:
         shape = (cond.states.shape[0], 3, self.image_size, self.image_size)
         noise = torch.randn(shape, device=self.device, generator=generator)
-        model_fn = conditioned(self.unet, cond.states, cond.mask)
+        states, mask = cond.states, cond.mask
+        if compile:  # one conditioning length for every batch: the compiled graph is reused, not rebuilt
+            extra = max(0, self.conditioning_limit - states.shape[1])
+            states, mask = F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+        model_fn = conditioned(self.denoiser(compile), states, mask)
         denoise = classifier_free_guidance(model_fn, cfg_scale)
         run = build_sampler(sampler, self.schedule, num_steps, prediction=self.diffusion_settings.prediction)  # type: ignore[arg-type]
         return run(denoise, noise, generator=generator)
@@ -191,10 +207,14 @@ class ConditionalDiffusion(LightningModule, ABC):
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
+        compile: bool | None = None,
     ) -> Generation:
         """Sample one image per condition. ``latents`` (Kaleido only): an editable z per condition that
         replaces the sampled one (``None`` entries are sampled). The diffusion noise depends only on
-        ``seed`` and the position, so an edited z regenerates from the same noise."""
+        ``seed`` and the position, so an edited z regenerates from the same noise. ``compile``
+        (default ``sampling.compile``) runs the denoiser through ``torch.compile``: worth it for long
+        sweeps (2.8× the eager forward at batch 4,096 on an H100, after ~30 s of compiling); every new
+        batch size compiles again, so keep the number of conditions a multiple of ``batch_size``."""
         conditions = list(conditions)
         if latents is not None and len(latents) != len(conditions):
             raise ValueError(f"got {len(latents)} latents for {len(conditions)} conditions; give one per condition")
@@ -216,6 +236,7 @@ class ConditionalDiffusion(LightningModule, ABC):
                     sampler or settings.sampler,
                     num_steps or settings.num_steps,
                     generator,
+                    settings.compile if compile is None else compile,
                 )
                 images.append(x.float().cpu())
                 texts += latent_texts or []

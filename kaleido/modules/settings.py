@@ -53,6 +53,7 @@ class SamplingSettings:
     temperature: float = 1.0  # the prior's; 1.0 is what the diversity argument assumes
     top_k: int | None = None
     top_p: float | None = None
+    compile: bool = False  # torch.compile the denoiser for sampling (long sweeps; ~30 s per new batch size)
 
 
 @dataclass
