@@ -39,18 +39,22 @@ def training_step(model: LightningModule, batch: dict, opt: torch.optim.Optimize
     opt.zero_grad(set_to_none=True)
 
 
+def pad_length(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad dim 1 (the sequence; ids, masks and [B, L, G] geometry features alike) to ``length``."""
+    return torch.nn.functional.pad(tensor, (0, 0) * (tensor.dim() - 2) + (0, length - tensor.shape[1]))
+
+
 def scaling(model: LightningModule, batches: list[dict], batch_sizes: list[int], compile: bool) -> dict[str, float]:
-    """Seconds per training step (and images/s) at each batch size, eager, then with the UNet compiled."""
+    """Seconds per training step (and images/s) at each batch size, eager, then compiled (UNet and prior)."""
     images = torch.cat([b["image"] for b in batches])
     results: dict[str, float] = {}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     for compiled in [False, True] if compile else [False]:
-        model.compile_denoiser = compiled  # the model's own path: the UNet compiled for training steps
+        model.compile_denoiser = compiled  # the model's own path: compiled for training steps
         for size in batch_sizes:
             keys = [k for k in batches[0] if torch.is_tensor(batches[0][k]) and k != "image"]
             width = {k: max(b[k].shape[1] for b in batches) for k in keys}  # pad to one static length
-            batch = {k: torch.cat([torch.nn.functional.pad(b[k], (0, width[k] - b[k].shape[1])) for b in batches])[:size].cuda()
-                     for k in keys}
+            batch = {k: torch.cat([pad_length(b[k], width[k]) for b in batches])[:size].cuda() for k in keys}
             batch["image"] = images[:size].cuda()
             step = partial(training_step, model, batch, opt)
 

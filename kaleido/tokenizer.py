@@ -5,6 +5,11 @@ as one T5 vocabulary does in the paper. Each latent type opens its segment with 
 (``<z:text>``, ``<z:box>``, ...) so several types chain in one sequence and decode back apart.
 Byte-level BPE never maps text to ``<unk>``, so encode → decode is exact. Nothing is truncated:
 a sequence longer than the configured maximum is an error.
+
+Latent types that declare geometry (``LatentType.geometry_width() > 0``, e.g. ``BoxLatent(
+fourier_frequencies=8)``) also get per-token geometry features (:meth:`KaleidoTokenizer.latent_batch`):
+each token carries the geometry vector of the object whose characters it covers, found through the
+tokenizer's character offsets, so it stays aligned with the ids whatever the vocabulary.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
-from kaleido.latents import LatentType, build_latent_type, segment_tag
+from kaleido.latents import LatentParseError, LatentType, build_latent_type, segment_tag
+from kaleido.latents.base import GeometrySpan
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # T5's ids 0, 1, 2: pad doubles as the decoder start token
 LENGTH_MARGIN = 16  # room for hand-edited latents and conditions a little longer than the data's
@@ -149,20 +155,86 @@ class KaleidoTokenizer:
 
     def encode_latent_texts(self, texts: Mapping[str, str]) -> list[int]:
         """Editable texts by type name → decoder target ids: ``<z:a> a... <z:b> b... </s>``."""
+        return self._encode_latent(texts, geometry=False, sampled=False)[0]
+
+    def encode_latents(self, latents: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
+        """Ids and mask only; :meth:`latent_batch` also gives the geometry features."""
+        return self.pad([self.encode_latent_texts(self.format_latents(z)) for z in latents])
+
+    @property
+    def geometry_width(self) -> int:
+        """``G``: the widest geometry vector among the latent types; 0 when no type uses geometry."""
+        return max((t.geometry_width() for t in self.latent_types), default=0)
+
+    def latent_batch(
+        self, texts: Sequence[Mapping[str, str]], length: int | None = None, sampled: Sequence[bool] | None = None
+    ) -> dict[str, Tensor]:
+        """Editable texts by type name, one mapping per row → ``latent_ids`` and ``latent_mask`` [B, L]
+        (padded as :meth:`pad`), plus ``latent_geometry`` [B, L, G + 1] when a type uses geometry.
+
+        ``latent_geometry[b, i]`` is the geometry vector of the object whose text token ``i`` covers
+        (zero-padded to ``G``) and a last column 1; tags, separators, ``</s>``, padding and tokens of
+        types without geometry are all zeros. A row marked ``sampled`` (drawn by the prior) is never an
+        error: a segment that does not parse gets no geometry (flag 0), and the length limit is not
+        enforced (the prior's own limit bounded the sample, but its tokens may not be canonical).
+        """
+        flags = [False] * len(texts) if sampled is None else list(sampled)
+        if len(flags) != len(texts):
+            raise ValueError(f"got {len(flags)} sampled flags for {len(texts)} rows")
+        width = self.geometry_width
+        rows = [self._encode_latent(t, geometry=width > 0, sampled=s) for t, s in zip(texts, flags)]
+        ids, mask = self.pad([row_ids for row_ids, _ in rows], length)
+        batch = {"latent_ids": ids, "latent_mask": mask}
+        if width:
+            geometry = torch.zeros((*ids.shape, width + 1))
+            for row, (_, features) in enumerate(rows):
+                geometry[row, : len(features)] = torch.tensor(features)
+            batch["latent_geometry"] = geometry
+        return batch
+
+    def _encode_latent(
+        self, texts: Mapping[str, str], geometry: bool, sampled: bool
+    ) -> tuple[list[int], list[list[float]]]:
+        """One row's ids and, if ``geometry``, its per-token features (else ``[]``); see :meth:`latent_batch`."""
+        none = [0.0] * (self.geometry_width + 1)
         ids: list[int] = []
+        features: list[list[float]] = []
         for latent_type in self.latent_types:
-            ids.append(self.tag_ids[latent_type.name])
-            ids += self.tokenizer.encode(texts[latent_type.name], add_special_tokens=False).ids
+            text = texts[latent_type.name]
+            encoding = self.tokenizer.encode(text, add_special_tokens=False)
+            ids += [self.tag_ids[latent_type.name], *encoding.ids]
+            if geometry:
+                features += [none, *self._token_geometry(latent_type, text, encoding.offsets, sampled)]
         ids.append(self.eos_id)
-        if len(ids) > self.max_latent_length:
+        features += [none] if geometry else []
+        if len(ids) > self.max_latent_length and not sampled:
             raise SequenceTooLongError(
                 f"latent {dict(texts)!r} is {len(ids)} tokens long; this model accepts at most "
                 f"{self.max_latent_length} (max_latent_length, tags and end-of-sequence included)"
             )
-        return ids
+        return ids, features
 
-    def encode_latents(self, latents: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
-        return self.pad([self.encode_latent_texts(self.format_latents(z)) for z in latents])
+    def _token_geometry(
+        self, latent_type: LatentType, text: str, offsets: Sequence[tuple[int, int]], sampled: bool
+    ) -> list[list[float]]:
+        """Per token of ``text``: the vector of the first object whose span its characters overlap and a
+        flag 1, else zeros. Offsets are in characters of ``text``, so any vocabulary lines up."""
+        width = self.geometry_width
+        spans: list[GeometrySpan] = []
+        if latent_type.geometry_width():
+            try:
+                spans = latent_type.geometry_spans(text)
+            except LatentParseError:
+                if not sampled:
+                    raise
+                # A sampled z that does not parse: its tokens carry no geometry (the adherence metrics count it).
+            if any(len(vector) != latent_type.geometry_width() for _, _, vector in spans):
+                raise ValueError(f"{latent_type.name}: geometry_spans must give vectors of geometry_width() = {latent_type.geometry_width()} numbers")
+        rows = []
+        for start, end in offsets:
+            vector = next((v for a, b, v in spans if start < b and a < end), None)
+            rows.append([0.0] * (width + 1) if vector is None else [*vector, *[0.0] * (width - len(vector)), 1.0])
+        return rows
 
     def decode_latent_texts(self, ids: Sequence[int]) -> dict[str, str]:
         """Decoder ids (as sampled) → editable text per type. Tolerant: a missing segment decodes to ''."""

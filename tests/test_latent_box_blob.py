@@ -215,7 +215,7 @@ def test_single_type_tokenizer(shapes_texts: list) -> None:
 @pytest.mark.parametrize("cls", [BoxLatent, BlobLatent])
 def test_init_args_rebuild_the_type(cls: type) -> None:
     latent = cls(grid=64, max_objects=3, order="given")
-    assert latent.init_args() == {"grid": 64, "max_objects": 3, "order": "given"}
+    assert latent.init_args() == {"grid": 64, "max_objects": 3, "order": "given", "fourier_frequencies": 0}
     assert build_latent_type(latent.spec()) == latent and build_latent_type(cls.name) == cls()
     assert latent_type_class(cls.name) is cls
 

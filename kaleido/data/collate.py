@@ -16,7 +16,9 @@ class Collate:
     """Items ``{"id", "image" [3,H,W] in [-1,1], "condition": str, "latents": {type: object}}`` → batch.
 
     ``pad_to_limits`` pads ids to the tokenizer's limits instead of the batch's longest: every batch
-    then has one shape, which a compiled denoiser needs to avoid recompiling.
+    then has one shape, which a compiled denoiser needs to avoid recompiling. When a latent type uses
+    geometry features the batch also holds ``latent_geometry`` [B, L, G + 1], aligned with ``latent_ids``
+    (``KaleidoTokenizer.latent_batch``).
     """
 
     def __init__(self, tokenizer: KaleidoTokenizer, pad_to_limits: bool = False) -> None:
@@ -37,8 +39,7 @@ class Collate:
         }
         if tok.latent_names:
             texts = [tok.format_latents(item["latents"]) for item in items]
-            rows = [tok.encode_latent_texts(t) for t in texts]
-            batch["latent_ids"], batch["latent_mask"] = tok.pad(rows, tok.max_latent_length if static else None)
+            batch.update(tok.latent_batch(texts, tok.max_latent_length if static else None))
             batch["latent_text"] = [tok.join_latent_texts(t) for t in texts]
         return batch
 

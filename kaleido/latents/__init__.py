@@ -1,6 +1,13 @@
 """Latent-type plugins and their registry. Importing this package registers the built-ins."""
 
-from kaleido.latents.base import Extractor, LatentEncoder, LatentParseError, LatentType, segment_tag
+from kaleido.latents.base import (
+    Extractor,
+    FourierGeometryEncoder,
+    LatentEncoder,
+    LatentParseError,
+    LatentType,
+    segment_tag,
+)
 from kaleido.latents.blob import BlobLatent, GroundedBlob
 from kaleido.latents.box import BoxLatent, GroundedBox
 from kaleido.latents.registry import (
@@ -20,6 +27,7 @@ __all__ = [
     "GroundedBox",
     "ENTRY_POINT_GROUP",
     "Extractor",
+    "FourierGeometryEncoder",
     "LatentEncoder",
     "LatentParseError",
     "LatentType",

@@ -5,7 +5,8 @@ A latent type bundles three parts (DESIGN.md):
 * **tokenizer** -- latent object ⇄ editable text (``format`` / ``parse``), plus any special tokens it
   adds to the prior's vocabulary. Text ⇄ token ids is the shared prior tokenizer's job.
 * **encoder** -- (the prior's decoder hidden states over ``z``, the token ids) → the conditioning
-  sequence the denoiser attends to (``build_encoder``).
+  sequence the denoiser attends to (``build_encoder``). A type may also declare per-object geometry
+  (``geometry_width`` / ``geometry_spans``); its encoder then also receives each token's geometry.
 * **extractor** -- images (+ condition) → latent objects, to build training data offline
   (``build_extractor``).
 
@@ -16,11 +17,17 @@ and ``init_args()`` must return them so a checkpoint can rebuild the type.
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+# (start, end) character span of one object in a latent text, and its geometry vector.
+GeometrySpan = tuple[int, int, tuple[float, ...]]
+MAX_FOURIER_FREQUENCIES = 16  # 2^16·π per unit is far below any grid step, and float32 sin loses precision beyond
 
 
 class LatentParseError(ValueError):
@@ -44,6 +51,45 @@ class LatentEncoder(nn.Module):
 
     def forward(self, hidden: Tensor, token_ids: Tensor, mask: Tensor) -> Tensor:  # noqa: ARG002
         return hidden
+
+
+def check_fourier_frequencies(owner: str, frequencies: object) -> int:
+    """``frequencies`` if it is an int in ``0..MAX_FOURIER_FREQUENCIES`` (0: no Fourier features), else a clear error."""
+    if isinstance(frequencies, bool) or not isinstance(frequencies, int) or not 0 <= frequencies <= MAX_FOURIER_FREQUENCIES:
+        raise ValueError(
+            f"{owner} fourier_frequencies must be an int in 0..{MAX_FOURIER_FREQUENCIES} (0 turns the features off), got {frequencies!r}"
+        )
+    return frequencies
+
+
+class FourierGeometryEncoder(LatentEncoder):
+    """GLIGEN-style: the hidden states plus an MLP of Fourier features of each token's object geometry.
+
+    ``geometry`` is ``[B, L, G + 1]``: the geometry vector of the object whose text holds the token (G
+    numbers, normalised to about ``[0, 1]``) and a last 0/1 column, 1 only for tokens of an object. The
+    features are ``sin`` and ``cos`` of ``2^k·π·g`` for ``k < frequencies``; the MLP's last layer starts at
+    zero, so an untrained encoder is the identity encoder, and tokens outside objects stay unchanged.
+    """
+
+    def __init__(self, hidden_size: int, geometry_width: int, frequencies: int) -> None:
+        super().__init__()
+        if geometry_width < 1 or frequencies < 1:
+            raise ValueError(f"{type(self).__name__} needs geometry_width >= 1 and frequencies >= 1, got {geometry_width}, {frequencies}")
+        self.geometry_width = geometry_width
+        self.register_buffer("scales", math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32), persistent=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * frequencies * geometry_width, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, hidden: Tensor, token_ids: Tensor, mask: Tensor, geometry: Tensor | None = None) -> Tensor:  # noqa: ARG002
+        if geometry is None or geometry.shape[-1] != self.geometry_width + 1:
+            got = None if geometry is None else tuple(geometry.shape)
+            raise ValueError(f"expected per-token geometry [B, L, {self.geometry_width + 1}] (vector and flag), got {got}")
+        angles = geometry[..., :-1, None].float() * self.scales  # [B, L, G, K]
+        features = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+        return hidden + self.mlp(features) * geometry[..., -1:]
 
 
 class Extractor(ABC):
@@ -78,8 +124,21 @@ class LatentType(ABC):
 
     # -- encoder -------------------------------------------------------------------------------
     def build_encoder(self, hidden_size: int) -> nn.Module:  # noqa: ARG002
-        """A module ``(hidden [B,L,D], token_ids [B,L], mask [B,L]) -> [B,L,D]``."""
+        """A module ``(hidden [B,L,D], token_ids [B,L], mask [B,L]) -> [B,L,D]``; when
+        :meth:`geometry_width` is ``G > 0`` it is also called with ``geometry=`` ``[B,L,G+1]`` (see
+        :class:`FourierGeometryEncoder`)."""
         return LatentEncoder()
+
+    # -- geometry features (optional) ---------------------------------------------------------------
+    def geometry_width(self) -> int:
+        """How many numbers describe one object's geometry for the encoder; 0 (the default): the
+        encoder reads no geometry, and the tokenizer computes none for this type."""
+        return 0
+
+    def geometry_spans(self, text: str) -> list[GeometrySpan]:  # noqa: ARG002
+        """Each object of ``text``: ``(start, end, vector)``, its character span and its normalised
+        geometry (:meth:`geometry_width` numbers). Raises :class:`LatentParseError` on bad text."""
+        return []
 
     # -- extractor -----------------------------------------------------------------------------
     def build_extractor(self) -> Extractor:
@@ -112,4 +171,13 @@ def segment_tag(latent_type: LatentType | str) -> str:
     return f"<z:{name}>"
 
 
-__all__ = ["Extractor", "LatentEncoder", "LatentParseError", "LatentType", "segment_tag"]
+__all__ = [
+    "Extractor",
+    "FourierGeometryEncoder",
+    "GeometrySpan",
+    "LatentEncoder",
+    "LatentParseError",
+    "LatentType",
+    "check_fourier_frequencies",
+    "segment_tag",
+]

@@ -51,10 +51,15 @@ class BlobLatent(GroundedLatent):
         max_objects: most blobs in one latent.
         order: ``"raster"`` sorts blobs by centre row, then column (then the other numbers and the
             phrase, so the text of a set of blobs is unique); ``"given"`` keeps the extractor's order.
+        fourier_frequencies: ``K > 0`` adds Fourier features of each blob's
+            ``(cx, cy, a, b) / grid, cos 2θ, sin 2θ`` to the hidden states of its tokens (GLIGEN-style);
+            0 (default, the paper): hidden states only.
     """
 
     name = "blob"
     values = PARAMETERS
+    # θ has period 180°: (cos 2θ, sin 2θ) is continuous across 179 → 0, where θ itself jumps.
+    geometry_names = ("cx", "cy", "a", "b", "cos2theta", "sin2theta")
 
     def make(self, phrase: str, values: tuple[int, ...]) -> GroundedBlob:
         return GroundedBlob(phrase, values)  # type: ignore[arg-type]
@@ -96,15 +101,22 @@ class BlobLatent(GroundedLatent):
         cx, cy, a, b, theta = obj.ellipse
         return (cx / self.grid, cy / self.grid, a / self.grid, b / self.grid, float(theta))
 
+    def geometry(self, obj: GroundedBlob) -> tuple[float, ...]:
+        *ellipse, theta = self.to_normalised(obj)
+        return (*ellipse, math.cos(math.radians(2 * theta)), math.sin(math.radians(2 * theta)))
+
     def build_extractor(self) -> Extractor:
         """The analytic extractor of the embedded ``shapes`` data; for real images construct
         :class:`kaleido.latents.extractors.SamBlobExtractor` with local SAM and detector checkpoints."""
         return ShapesBlobExtractor(self.grid, self.max_objects, self.order)
 
 
-def scene_blobs(scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster") -> list[GroundedBlob]:
-    """The exact blob latent of a ``shapes`` scene (``ShapeObject.ellipse``; all circles): its ground truth."""
-    latent = BlobLatent(grid, max_objects, order)
+def scene_blobs(
+    scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster", fourier_frequencies: int = 0
+) -> list[GroundedBlob]:
+    """The exact blob latent of a ``shapes`` scene (``ShapeObject.ellipse``; all circles): its ground truth.
+    Takes every ``BlobLatent`` argument, so ``scene_blobs(scene, **latent.init_args())`` works."""
+    latent = BlobLatent(grid, max_objects, order, fourier_frequencies)
     return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.ellipse) for o in scene.objects])
 
 

@@ -48,10 +48,13 @@ class BoxLatent(GroundedLatent):
         max_objects: most boxes in one latent.
         order: ``"raster"`` sorts boxes by their top edge, then left edge (then bottom, right,
             phrase, so the text of a set of boxes is unique); ``"given"`` keeps the extractor's order.
+        fourier_frequencies: ``K > 0`` adds Fourier features of each box ``(x1, y1, x2, y2) / grid``
+            to the hidden states of its tokens (GLIGEN-style); 0 (default, the paper): hidden states only.
     """
 
     name = "box"
     values = COORDINATES
+    geometry_names = COORDINATES
 
     def make(self, phrase: str, values: tuple[int, ...]) -> GroundedBox:
         return GroundedBox(phrase, values)  # type: ignore[arg-type]
@@ -86,15 +89,21 @@ class BoxLatent(GroundedLatent):
         x1, y1, x2, y2 = obj.box
         return (x1 / self.grid, y1 / self.grid, x2 / self.grid, y2 / self.grid)
 
+    def geometry(self, obj: GroundedBox) -> tuple[float, ...]:
+        return self.to_normalised(obj)
+
     def build_extractor(self) -> Extractor:
         """The analytic extractor of the embedded ``shapes`` data; for real images construct
         :class:`kaleido.latents.extractors.DetectorBoxExtractor` with a local detector checkpoint."""
         return ShapesBoxExtractor(self.grid, self.max_objects, self.order)
 
 
-def scene_boxes(scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster") -> list[GroundedBox]:
-    """The exact box latent of a ``shapes`` scene (phrase ``"<colour> <shape>"``): its ground truth."""
-    latent = BoxLatent(grid, max_objects, order)
+def scene_boxes(
+    scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster", fourier_frequencies: int = 0
+) -> list[GroundedBox]:
+    """The exact box latent of a ``shapes`` scene (phrase ``"<colour> <shape>"``): its ground truth.
+    Takes every ``BoxLatent`` argument, so ``scene_boxes(scene, **latent.init_args())`` works."""
+    latent = BoxLatent(grid, max_objects, order, fourier_frequencies)
     return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.box) for o in scene.objects])
 
 

@@ -6,6 +6,8 @@ non-negative integer written as plain digits. This module holds
 * the grammar of that text (:func:`scan_grounded` / :func:`format_grounded`), with errors that name the
   character position;
 * phrase rules (:func:`phrase_problem`, :func:`clean_phrase`) and quantisation to the integer grid;
+* :class:`GroundedLatent`, the shared latent-type base, with the optional GLIGEN-style geometry
+  features of its encoder (``fourier_frequencies``);
 * :func:`ellipse_from_mask`, the second-moment ellipse of a mask (used by blob extractors);
 * small image helpers for extractors (:func:`to_uint8_images`).
 
@@ -26,9 +28,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from kaleido.latents.base import LatentParseError, LatentType
+from kaleido.latents.base import (
+    FourierGeometryEncoder,
+    GeometrySpan,
+    LatentParseError,
+    LatentType,
+    check_fourier_frequencies,
+)
 from kaleido.latents.text import RESERVED
 
 SEPARATOR = "; "
@@ -89,12 +97,14 @@ def to_grid(value: float, grid: int) -> int:
 # -- the grounded-caption grammar ---------------------------------------------------------------
 @dataclass(frozen=True)
 class ScannedObject:
-    """One object as read from the text, with where its parts start (for error messages)."""
+    """One object as read from the text, with where its parts start (for error messages) and where
+    it ends (just after its ``)``)."""
 
     phrase: str
     values: tuple[int, ...]
     start: int
     value_starts: tuple[int, ...]
+    end: int
 
 
 # A check of one object's numbers: ``None`` if fine, else (index of the bad number, what was expected).
@@ -191,7 +201,7 @@ def scan_grounded(
             index, expected = problem
             digits = re.match(r"[0-9]*", text[starts[index] :]).group()
             raise scan.fail(expected, starts[index], repr(digits))
-        objects.append(ScannedObject(phrase, tuple(values), start, tuple(starts)))
+        objects.append(ScannedObject(phrase, tuple(values), start, tuple(starts), scan.pos))
         scan.skip_space()
         if scan.at_end():
             return objects
@@ -219,8 +229,9 @@ Order = Literal["given", "raster"]
 class GroundedLatent(LatentType):
     """A grounded caption: objects ``phrase (n1, ..., nk)`` with integer geometry on a ``grid``.
 
-    Subclasses name their numbers (``values``), build and read their object class, check one object's
-    numbers and give the raster sort key. Latent objects hold integers; :meth:`format` also accepts
+    Subclasses name their numbers (``values``) and their geometry vector (``geometry_names``), build
+    and read their object class, check one object's numbers, give the raster sort key and the
+    normalised geometry vector of an object. Latent objects hold integers; :meth:`format` also accepts
     reals in grid units and rounds them (half up), so ``parse(format(x)) == canonical(x)``.
 
     Args:
@@ -228,11 +239,16 @@ class GroundedLatent(LatentType):
         max_objects: most objects in one latent; longer texts are a parse error.
         order: ``"raster"`` sorts objects by :meth:`sort_key` (reading order); ``"given"`` keeps the
             order they come in (e.g. an extractor's largest-first or score order).
+        fourier_frequencies: ``K > 0`` adds GLIGEN-style Fourier features (``K`` octaves) of each
+            object's normalised geometry to the hidden states of the object's tokens
+            (:class:`~kaleido.latents.base.FourierGeometryEncoder`); 0 (default, the paper): the
+            hidden states alone.
     """
 
     values: ClassVar[tuple[str, ...]]
+    geometry_names: ClassVar[tuple[str, ...]]  # the entries of :meth:`geometry`, for the encoder
 
-    def __init__(self, grid: int = 1000, max_objects: int = 8, order: Order = "raster") -> None:
+    def __init__(self, grid: int = 1000, max_objects: int = 8, order: Order = "raster", fourier_frequencies: int = 0) -> None:
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f"{type(self).__name__} grid must be an int >= 1, got {grid!r}")
         if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
@@ -240,6 +256,7 @@ class GroundedLatent(LatentType):
         if order not in ("given", "raster"):
             raise ValueError(f"{type(self).__name__} order must be 'given' or 'raster', got {order!r}")
         self.grid, self.max_objects, self.order = grid, max_objects, order
+        self.fourier_frequencies = check_fourier_frequencies(type(self).__name__, fourier_frequencies)
 
     # -- what a subclass declares -----------------------------------------------------------------
     @abstractmethod
@@ -257,6 +274,10 @@ class GroundedLatent(LatentType):
     @abstractmethod
     def sort_key(self, obj: Any) -> tuple:
         """Key of the raster order."""
+
+    @abstractmethod
+    def geometry(self, obj: Any) -> tuple[float, ...]:
+        """The encoder's normalised geometry vector of one object (``geometry_names``, each about in ``[0, 1]``)."""
 
     # -- tokenizer ---------------------------------------------------------------------------------
     def canonical(self, objects: Sequence[Any]) -> list[Any]:
@@ -283,8 +304,25 @@ class GroundedLatent(LatentType):
 
     def parse(self, text: str) -> list[Any]:
         """Objects in the order written (``format`` re-orders them if ``order="raster"``)."""
-        scanned = scan_grounded(text, self.name, self.values, self.max_objects, self.check)
-        return [self.make(obj.phrase, obj.values) for obj in scanned]
+        return [self.make(obj.phrase, obj.values) for obj in self.scan(text)]
+
+    def scan(self, text: str) -> list[ScannedObject]:
+        """The objects of ``text`` with their positions; raises :class:`LatentParseError` on bad text."""
+        return scan_grounded(text, self.name, self.values, self.max_objects, self.check)
+
+    # -- encoder -----------------------------------------------------------------------------------
+    def geometry_width(self) -> int:
+        return len(self.geometry_names) if self.fourier_frequencies else 0
+
+    def geometry_spans(self, text: str) -> list[GeometrySpan]:
+        """Each object's span, from its phrase to its ``)``, and :meth:`geometry` (also when the
+        features are off: the spans do not depend on the encoder)."""
+        return [(obj.start, obj.end, self.geometry(self.make(obj.phrase, obj.values))) for obj in self.scan(text)]
+
+    def build_encoder(self, hidden_size: int) -> nn.Module:
+        if not self.fourier_frequencies:
+            return super().build_encoder(hidden_size)
+        return FourierGeometryEncoder(hidden_size, len(self.geometry_names), self.fourier_frequencies)
 
 
 # -- ellipses from masks --------------------------------------------------------------------------

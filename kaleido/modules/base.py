@@ -100,21 +100,24 @@ class ConditionalDiffusion(LightningModule, ABC):
     def build_denoiser(self, cond_dim: int) -> UNet:
         return UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
 
-    def denoiser(self, compiled: bool) -> torch.nn.Module:
-        """The UNet, or its ``torch.compile`` wrapper (static shapes). Built on first use and kept out of
-        the module tree: parameter names, checkpoints and the EMA's copy of the model stay as without
-        compiling, and the wrapper always runs the current (e.g. averaged) weights."""
+    def network(self, name: str, compiled: bool) -> torch.nn.Module:
+        """The submodule ``name`` (e.g. ``"unet"``), or its ``torch.compile`` wrapper (static shapes).
+        Wrappers are built on first use and kept out of the module tree: parameter names, checkpoints
+        and the EMA's copy of the model stay as without compiling, and a wrapper always runs the
+        current (e.g. averaged) weights."""
+        module = self.get_submodule(name)
         if not compiled:
-            return self.unet
-        if "_compiled_unet" not in self.__dict__:
-            self.__dict__["_compiled_unet"] = torch.compile(self.unet, dynamic=False)
-        return self.__dict__["_compiled_unet"]
+            return module
+        cache = self.__dict__.setdefault("_compiled", {})
+        if name not in cache:
+            cache[name] = torch.compile(module, dynamic=False)
+        return cache[name]
 
-    def training_denoiser(self) -> torch.nn.Module:
-        """Compiled (``compile: true``) for training steps only: a training step has one shape
+    def training_network(self, name: str) -> torch.nn.Module:
+        """Compiled (``compile: true``) in training steps only: a training step has one shape
         (``pad_to_limits``, ``drop_last``), while validation changes batch and length and would
         recompile, a minute each, for little gain. Sampling compiles on request (``sampling.compile``)."""
-        return self.denoiser(self.training and self.compile_denoiser)
+        return self.network(name, self.training and self.compile_denoiser)
 
     @property
     def conditioning_limit(self) -> int:
@@ -136,7 +139,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
         uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
         x_t = self.schedule.add_noise(images, noise, t)
-        output = self.training_denoiser()(x_t, t, cond.states, cond.mask, uncond)
+        output = self.training_network("unet")(x_t, t, cond.states, cond.mask, uncond)
         settings = self.diffusion_settings
         target = self.schedule.target(images, noise, t, settings.prediction)
         if settings.loss_weighting == "uniform":
@@ -190,7 +193,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         if compile:  # one conditioning length for every batch: the compiled graph is reused, not rebuilt
             extra = max(0, self.conditioning_limit - states.shape[1])
             states, mask = F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
-        model_fn = conditioned(self.denoiser(compile), states, mask)
+        model_fn = conditioned(self.network("unet", compile), states, mask)
         denoise = classifier_free_guidance(model_fn, cfg_scale)
         run = build_sampler(sampler, self.schedule, num_steps, prediction=self.diffusion_settings.prediction)  # type: ignore[arg-type]
         return run(denoise, noise, generator=generator)

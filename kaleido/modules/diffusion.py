@@ -25,7 +25,7 @@ class DiffusionModel(ConditionalDiffusion):
         sampling: defaults for ``generate`` and the validation sample grids.
         optimizer: Adam and warm-up.
         freeze_condition_encoder: keep the encoder fixed (the paper freezes a pretrained T5-XL).
-        compile: ``torch.compile`` the denoiser.
+        compile: ``torch.compile`` the denoiser and the condition encoder for training steps.
     """
 
     def __init__(
@@ -50,7 +50,7 @@ class DiffusionModel(ConditionalDiffusion):
         self.unet = self.build_denoiser(self.condition_encoder.config.d_model)
 
     def encode(self, ids: Any, mask: Any) -> Conditioning:
-        states = self.condition_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        states = self.training_network("condition_encoder")(input_ids=ids, attention_mask=mask).last_hidden_state
         return Conditioning(states, mask)
 
     def condition(self, batch: dict[str, Any]) -> Conditioning:

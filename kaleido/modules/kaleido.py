@@ -36,7 +36,8 @@ class Kaleido(ConditionalDiffusion):
         detach_latent_states: stop the diffusion loss at the decoder's hidden states (the paper lets it
             flow: end-to-end training).
         init_prior_from: a ``LatentPrior`` checkpoint whose weights start the prior (two-stage training).
-        compile: ``torch.compile`` the denoiser.
+        compile: ``torch.compile`` the denoiser and the prior for training steps (static shapes:
+            pair it with ``data.pad_to_limits``).
     """
 
     uses_latents = True
@@ -84,12 +85,15 @@ class Kaleido(ConditionalDiffusion):
         latent_ids: Tensor,
         latent_mask: Tensor,
         encoded: Tensor | None = None,
+        latent_geometry: Tensor | None = None,
     ) -> Conditioning:
+        """``latent_geometry`` [B, Lz, G + 1]: the tokenizer's per-token geometry features, needed
+        when a latent type uses them (``fourier_frequencies > 0``), else ``None``."""
         if encoded is None:
-            encoded = self.prior.encode(condition_ids, condition_mask)
-        out = self.prior.teacher_force(encoded, condition_mask, latent_ids, latent_mask)
+            encoded = self.prior.encode(condition_ids, condition_mask, self.training_network("prior.t5.encoder"))
+        out = self.prior.teacher_force(encoded, condition_mask, latent_ids, latent_mask, self.training_network("prior.t5"))
         hidden = out.hidden.detach() if self.detach_latent_states else out.hidden
-        z_states = self.latent_conditioner(hidden, latent_ids, latent_mask)
+        z_states = self.latent_conditioner(hidden, latent_ids, latent_mask, latent_geometry)
         return Conditioning(
             states=torch.cat([encoded, z_states], dim=1),
             mask=torch.cat([condition_mask, latent_mask], dim=1),
@@ -99,7 +103,8 @@ class Kaleido(ConditionalDiffusion):
 
     def condition(self, batch: dict[str, Any]) -> Conditioning:
         return self.latent_conditioning(
-            batch["condition_ids"], batch["condition_mask"], batch["latent_ids"], batch["latent_mask"]
+            batch["condition_ids"], batch["condition_mask"], batch["latent_ids"], batch["latent_mask"],
+            latent_geometry=batch.get("latent_geometry"),
         )
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -115,11 +120,17 @@ class Kaleido(ConditionalDiffusion):
             sampled_ids, sampled_mask = sample_latent_ids(self.prior, tok, encoded, condition_mask, self.sampling, seed + 1)
             rows = [ids[m].tolist() for ids, m in zip(sampled_ids.cpu(), sampled_mask.cpu())]
         for i, text in enumerate(given):
-            if text is not None:  # a user-given z replaces the sampled one
+            if text is not None:  # a user-given z replaces the sampled one (and must parse)
                 rows[i] = tok.encode_latent_texts(tok.split_latent_text(text))
-        latent_ids, latent_mask = tok.pad(rows)
-        texts = [tok.join_latent_texts(tok.decode_latent_texts(row)) for row in rows]
+        segments = [tok.decode_latent_texts(row) for row in rows]
+        if tok.geometry_width:
+            # Geometry features come from the text, as in training; re-encoding it also gives the canonical
+            # ids training saw. A sampled z that does not parse gets flag 0 instead of an error.
+            latent = tok.latent_batch(segments, sampled=[text is None for text in given])
+        else:  # the paper's path: the sampled ids themselves
+            latent = dict(zip(("latent_ids", "latent_mask"), tok.pad(rows)))
+        latent = {key: value.to(self.device) for key, value in latent.items()}
         cond = self.latent_conditioning(
-            condition_ids, condition_mask, latent_ids.to(self.device), latent_mask.to(self.device), encoded
+            condition_ids, condition_mask, latent["latent_ids"], latent["latent_mask"], encoded, latent.get("latent_geometry")
         )
-        return cond, texts
+        return cond, [tok.join_latent_texts(texts) for texts in segments]

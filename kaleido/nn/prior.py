@@ -78,14 +78,19 @@ class LatentPriorNet(nn.Module):
     def hidden_size(self) -> int:
         return self.t5.config.d_model
 
-    def encode(self, condition_ids: Tensor, condition_mask: Tensor) -> Tensor:
-        return self.t5.get_encoder()(input_ids=condition_ids, attention_mask=condition_mask).last_hidden_state
+    def encode(self, condition_ids: Tensor, condition_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
+        """The encoder states of ``c``; ``encoder`` stands in for ``t5.encoder`` (e.g. compiled)."""
+        encoder = encoder or self.t5.get_encoder()
+        return encoder(input_ids=condition_ids, attention_mask=condition_mask).last_hidden_state
 
-    def teacher_force(self, encoded: Tensor, condition_mask: Tensor, latent_ids: Tensor, latent_mask: Tensor) -> PriorOutput:
-        """One decoder pass over the ground-truth (or given) ``z``: the logits and the hidden states."""
+    def teacher_force(
+        self, encoded: Tensor, condition_mask: Tensor, latent_ids: Tensor, latent_mask: Tensor, t5: nn.Module | None = None
+    ) -> PriorOutput:
+        """One decoder pass over the ground-truth (or given) ``z``: the logits and the hidden states.
+        ``t5`` stands in for ``self.t5`` (e.g. compiled)."""
         decoder_input = F.pad(latent_ids[:, :-1], (1, 0), value=self.pad_id)
         decoder_mask = F.pad(latent_mask[:, :-1], (1, 0), value=True)
-        out = self.t5(
+        out = (t5 or self.t5)(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
             attention_mask=condition_mask,
             decoder_input_ids=decoder_input,
