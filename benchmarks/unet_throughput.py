@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import torch
 from jsonargparse import CLI
+from profile_step import timed  # benchmarks/ is on the path when run as a script
 
 from kaleido.nn.unet import UNet
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def main(batch_sizes: list[int] = [512, 4096], repeats: int = 10, compile: bool = True, cond_length: int = 48) -> dict:
@@ -55,8 +44,8 @@ def main(batch_sizes: list[int] = [512, 4096], repeats: int = 10, compile: bool 
                     net(xl, t, cond, mask).float().square().mean().backward()
 
             start = time.perf_counter()
-            fwd = timed(forward, repeats)
-            step = timed(train_step, repeats) if batch <= 1024 else float("nan")
+            fwd = timed(forward, repeats, warmup=2)
+            step = timed(train_step, repeats, warmup=2) if batch <= 1024 else float("nan")
             results[f"{name}_b{batch}"] = {
                 "forward_img_per_s": round(batch / fwd), "train_img_per_s": round(batch / step) if step == step else None,
                 "wall_s_incl_warmup": round(time.perf_counter() - start, 1),

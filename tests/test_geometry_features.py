@@ -32,6 +32,7 @@ from kaleido.nn.latent_conditioner import LatentConditioner
 from kaleido.tokenizer import KaleidoTokenizer
 from tests.conftest import tiny_model_kwargs
 from tests.test_latent_box_blob import latents
+from tests.test_latents import _Spy as _PlainEncoderType  # a plugin with the three-argument encoder contract
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX_TEXT = "red circle (12, 40, 30, 58); blue square (61, 9, 88, 36)"
@@ -204,25 +205,6 @@ def test_the_fourier_encoder_starts_as_the_identity_and_learns() -> None:
     assert changed.tolist() == [[True, True, False, True, False], [False] * 5]  # only tokens of objects
     with pytest.raises(ValueError, match=r"\[B, L, 7\]"):
         encoder(hidden, ids, mask)
-
-
-class _PlainEncoderType(LatentType):
-    """A plugin with the three-argument encoder contract (no geometry)."""
-
-    name = "plain_for_geometry_test"
-
-    def format(self, latent: str) -> str:
-        return latent
-
-    def parse(self, text: str) -> str:
-        return text
-
-    def build_encoder(self, hidden_size: int) -> torch.nn.Module:
-        class AddOne(torch.nn.Module):
-            def forward(self, hidden, token_ids, mask):  # type: ignore[no-untyped-def]
-                return hidden + 1
-
-        return AddOne()
 
 
 def test_the_conditioner_gives_each_geometry_type_its_slice() -> None:
