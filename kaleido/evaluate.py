@@ -43,6 +43,7 @@ from kaleido.metrics import (
 from kaleido.metrics.adherence import latent_adherence
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
+from kaleido.modules.kaleido import Kaleido
 from kaleido.viz import save_grid
 
 # Latent types whose adherence the shapes parser measures (visual tokens need the VQ model: not here).
@@ -186,20 +187,39 @@ def _check_arguments(
         raise ValueError(f"--min_share must be in (0, 1], got {min_share}")
 
 
-def _load_models(ckpt_path: Path, baseline_ckpt_path: Path | None, device: str) -> dict[str, ConditionalDiffusion]:
+def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
+    """``kaleido-<types>`` (e.g. ``kaleido-text-box-visual_token``), numbered when taken: a name that
+    tells several Kaleido models apart and is safe in file names."""
+    base = name = "-".join(["kaleido", *model.tokenizer.latent_names])
+    number = 2
+    while name in taken:
+        name, number = f"{base}-{number}", number + 1
+    return name
+
+
+def _load_models(
+    ckpt_path: Path, baseline_ckpt_path: Path | None, more_ckpt_paths: Sequence[Path], device: str
+) -> dict[str, tuple[ConditionalDiffusion, Path]]:
+    """Each model to measure, by name, with its checkpoint: ``kaleido`` and ``baseline``, or, with
+    ``more_ckpt_paths``, every Kaleido named by its latent types."""
     main = load(ckpt_path, map_location=device, expected=ConditionalDiffusion)
-    if baseline_ckpt_path is None:
-        return {"kaleido" if main.uses_latents else "baseline": main}
+    if baseline_ckpt_path is None and not more_ckpt_paths:
+        return {"kaleido" if main.uses_latents else "baseline": (main, ckpt_path)}
     if not main.uses_latents:
         raise TypeError(
-            f"--ckpt_path {ckpt_path} holds a DiffusionModel (a baseline); with --baseline_ckpt_path it must be Kaleido"
+            f"--ckpt_path {ckpt_path} holds a DiffusionModel (a baseline); with --baseline_ckpt_path or "
+            "--more_ckpt_paths it must be Kaleido"
         )
-    baseline = load(baseline_ckpt_path, map_location=device, expected=DiffusionModel)
-    if baseline.image_size != main.image_size:
-        raise ValueError(
-            f"the models make images of different sizes: {main.image_size} (Kaleido) vs {baseline.image_size} (baseline)"
-        )
-    return {"kaleido": main, "baseline": baseline}
+    kaleidos = [(main, ckpt_path)] + [(load(p, map_location=device, expected=Kaleido), p) for p in more_ckpt_paths]
+    models: dict[str, tuple[ConditionalDiffusion, Path]] = {}
+    for model, path in kaleidos:
+        models[kaleido_name(model, list(models)) if more_ckpt_paths else "kaleido"] = (model, path)
+    if baseline_ckpt_path is not None:
+        models["baseline"] = (load(baseline_ckpt_path, map_location=device, expected=DiffusionModel), baseline_ckpt_path)
+    sizes = {name: model.image_size for name, (model, _) in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"the models make images of different sizes: {sizes}")
+    return models
 
 
 def _write_outputs(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
@@ -236,6 +256,7 @@ def _write_outputs(output: Path, report: dict[str, Any], models: Sequence[str]) 
 def evaluate(
     ckpt_path: Path,
     baseline_ckpt_path: Path | None = None,
+    more_ckpt_paths: list[Path] | None = None,
     cfg_scales: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     num_samples: int = 5000,
     sampler: Literal["ddpm", "ddim"] = "ddpm",
@@ -260,6 +281,9 @@ def evaluate(
     Args:
         ckpt_path: a Kaleido checkpoint (or a baseline, evaluated alone).
         baseline_ckpt_path: a DiffusionModel checkpoint, evaluated with the same seeds and conditions.
+        more_ckpt_paths: further Kaleido checkpoints (e.g. other latent types), measured with the same
+            seeds against the same baseline and drawn on the same plots; every Kaleido is then named
+            by its latent types (``kaleido-text``, ``kaleido-text-box-visual_token``).
         cfg_scales: guidance scales γ.
         num_samples: images per model and scale.
         sampler: "ddpm" (ancestral, the paper's) or "ddim".
@@ -286,10 +310,10 @@ def evaluate(
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    models = _load_models(ckpt_path, baseline_ckpt_path, device)
+    loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device)
+    models = {name: model for name, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size
-    paths = {"kaleido": ckpt_path, "baseline": baseline_ckpt_path or ckpt_path}
-    datamodules = {name: checkpoint_datamodule(paths[name], image_size, data_config) for name in models}
+    datamodules = {name: checkpoint_datamodule(path, image_size, data_config) for name, (_, path) in loaded.items()}
     keys = {name: data_key(dm) for name, dm in datamodules.items()}
     if len(set(keys.values())) > 1:
         raise ValueError(
@@ -363,6 +387,7 @@ def evaluate(
         "settings": {
             "ckpt_path": str(ckpt_path),
             "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
+            "models": {name: str(path) for name, (_, path) in loaded.items()},
             "cfg_scales": [float(s) for s in cfg_scales],
             "num_samples": num_samples,
             "sampler": sampler,

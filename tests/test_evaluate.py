@@ -83,10 +83,19 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
     assert set(report["modes"]) == {"kaleido_cfg1", "kaleido_cfg3", "baseline_cfg1", "baseline_cfg3"}
     assert len(list(cache.iterdir())) == 1  # the reference statistics, cached
 
-    # The same seeds again (reference statistics now read from the cache): the same numbers.
-    main(_args(checkpoints, features, tmp_path / "b", cache))
+    # The same seeds again (reference statistics now read from the cache), with the Kaleido checkpoint
+    # also given a second time as a further model: every Kaleido row repeats the first run's numbers.
+    more = ["--more_ckpt_paths", f"[{checkpoints['kaleido']}]"]
+    main(_args(checkpoints, features, tmp_path / "b", cache) + more)
     again = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert _without_timing(again["results"]) == _without_timing(report["results"])
+    names = ["kaleido-text", "kaleido-text-2", "baseline"]
+    assert [r["model"] for r in again["results"]] == [name for name in names for _ in (1, 3)]
+    assert list(again["settings"]["models"]) == names
+    first = _without_timing(report["results"])
+    for name in names:
+        rows = [{**r, "model": name} for r in first if r["model"] == ("baseline" if name == "baseline" else "kaleido")]
+        assert _without_timing([r for r in again["results"] if r["model"] == name]) == rows
+    assert (tmp_path / "b" / "grids" / "kaleido-text-2_cfg3.png").is_file()
     assert len(list(cache.iterdir())) == 1
 
 
