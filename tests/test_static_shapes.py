@@ -66,6 +66,9 @@ def test_only_training_steps_use_the_compiled_denoiser(text_data, monkeypatch, s
             calls["compiled_forward"] += 1
             return self.module(*args, **kwargs)
 
+        def __len__(self) -> int:  # as torch.compile's wrapper of a T5Stack: `wrapper or default` must not be used
+            raise TypeError("T5Stack does not support len()")
+
     def fake_compile(module, dynamic=None):  # type: ignore[no-untyped-def]
         calls["compile"] += 1
         assert dynamic is False  # one static shape: never compile a dynamic-shape graph

@@ -80,7 +80,7 @@ class LatentPriorNet(nn.Module):
 
     def encode(self, condition_ids: Tensor, condition_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
         """The encoder states of ``c``; ``encoder`` stands in for ``t5.encoder`` (e.g. compiled)."""
-        encoder = encoder or self.t5.get_encoder()
+        encoder = self.t5.get_encoder() if encoder is None else encoder  # not `or`: modules may define __len__
         return encoder(input_ids=condition_ids, attention_mask=condition_mask).last_hidden_state
 
     def teacher_force(
@@ -90,7 +90,7 @@ class LatentPriorNet(nn.Module):
         ``t5`` stands in for ``self.t5`` (e.g. compiled)."""
         decoder_input = F.pad(latent_ids[:, :-1], (1, 0), value=self.pad_id)
         decoder_mask = F.pad(latent_mask[:, :-1], (1, 0), value=True)
-        out = (t5 or self.t5)(
+        out = (self.t5 if t5 is None else t5)(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
             attention_mask=condition_mask,
             decoder_input_ids=decoder_input,
