@@ -27,7 +27,7 @@ def main(config_path: Path, batch_size: int = 64, num_samples: int = 8, sampling
     device = "cuda" if torch.cuda.is_available() else "cpu"
     eager = cli.model.to(device).train()
     compiled = copy.deepcopy(eager)
-    eager.compile_denoiser, compiled.compile_denoiser = False, True
+    eager.compile_training, compiled.compile_training = False, True
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(iter(cli.datamodule.train_dataloader())).items()}
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
     losses, seconds = {}, {}

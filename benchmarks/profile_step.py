@@ -50,7 +50,7 @@ def scaling(model: LightningModule, batches: list[dict], batch_sizes: list[int],
     results: dict[str, float] = {}
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     for compiled in [False, True] if compile else [False]:
-        model.compile_denoiser = compiled  # the model's own path: compiled for training steps
+        model.compile_training = compiled  # the model's own path: compiled for training steps
         for size in batch_sizes:
             keys = [k for k in batches[0] if torch.is_tensor(batches[0][k]) and k != "image"]
             width = {k: max(b[k].shape[1] for b in batches) for k in keys}  # pad to one static length

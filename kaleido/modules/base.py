@@ -81,7 +81,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         self.diffusion_settings = from_dict(DiffusionSettings, diffusion)
         self.sampling = from_dict(SamplingSettings, sampling)
         self.optimizer_settings = from_dict(OptimizerSettings, optimizer)
-        self.compile_denoiser = compile
+        self.compile_training = compile
         self.save_hyperparameters({**self.hparams_dict(), **extra_hparams}, logger=True)
         self.schedule = CosineSchedule(self.diffusion_settings.num_timesteps)
 
@@ -94,7 +94,7 @@ class ConditionalDiffusion(LightningModule, ABC):
             "diffusion": to_dict(self.diffusion_settings),
             "sampling": to_dict(self.sampling),
             "optimizer": to_dict(self.optimizer_settings),
-            "compile": self.compile_denoiser,
+            "compile": self.compile_training,
         }
 
     def build_denoiser(self, cond_dim: int) -> UNet:
@@ -117,7 +117,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         """Compiled (``compile: true``) in training steps only: a training step has one shape
         (``pad_to_limits``, ``drop_last``), while validation changes batch and length and would
         recompile, a minute each, for little gain. Sampling compiles on request (``sampling.compile``)."""
-        return self.network(name, self.training and self.compile_denoiser)
+        return self.network(name, self.training and self.compile_training)
 
     @property
     def conditioning_limit(self) -> int:
