@@ -8,7 +8,6 @@ for Kaleido, latent adherence (text, box and blob latents). Writes ``metrics.jso
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ from kaleido.metrics import (
     vendi_score,
 )
 from kaleido.metrics.adherence import latent_adherence
+from kaleido.metrics.report import write_report
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
@@ -48,12 +48,6 @@ from kaleido.viz import save_grid
 
 # Latent types whose adherence the shapes parser measures (visual tokens need the VQ model: not here).
 PARSED_LATENTS = {"text", "box", "blob"}
-PLOTS = {
-    "fid": ("fid_vs_cfg.png", "FID (lower is better)"),
-    "recall": ("recall_vs_cfg.png", "recall (higher is better)"),
-}
-
-
 def default_reference_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaleido" / "reference"
 
@@ -222,37 +216,6 @@ def _load_models(
     return models
 
 
-def _write_outputs(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
-    rows = report["results"]
-    (output / "metrics.json").write_text(json.dumps(report, indent=2))
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(output / "metrics.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
-    from matplotlib.figure import Figure
-
-    for metric, (name, label) in PLOTS.items():
-        figure = Figure(figsize=(4.5, 3.2))
-        FigureCanvasAgg(figure)
-        axes = figure.subplots()
-        for model in models:
-            points = [(r["cfg_scale"], r[metric]) for r in rows if r["model"] == model]
-            axes.plot(*zip(*points), marker="o", label=model)
-        scales = sorted({r["cfg_scale"] for r in rows})
-        if scales[0] > 0:
-            axes.set_xscale("log", base=2)  # scales usually double: 1, 2, 4, 8
-            axes.minorticks_off()
-        axes.set_xticks(scales, [f"{s:g}" for s in scales])
-        axes.set_xlabel("CFG scale γ")
-        axes.set_ylabel(label)
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(output / name, dpi=150)
-
-
 def evaluate(
     ckpt_path: Path,
     baseline_ckpt_path: Path | None = None,
@@ -407,6 +370,6 @@ def evaluate(
         "results": rows,
         "modes": details,
     }
-    _write_outputs(output, report, list(models))
+    write_report(output, report, list(models))
     print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png and grids/ ({len(rows)} runs)")
     return report

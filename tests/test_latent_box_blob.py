@@ -15,7 +15,8 @@ from kaleido.data.shapes_parser import box_iou
 from kaleido.latents import LatentEncoder, LatentParseError, build_latent_type, latent_type_class
 from kaleido.latents.blob import BlobLatent, GroundedBlob, ShapesBlobExtractor, scene_blobs
 from kaleido.latents.box import BoxLatent, GroundedBox, ShapesBoxExtractor, scene_boxes
-from kaleido.latents.geometry import clean_phrase, ellipse_from_mask, phrase_problem
+from kaleido.latents.geometry import clean_phrase, phrase_problem
+from kaleido.latents.masks import ellipse_from_mask
 from kaleido.tokenizer import KaleidoTokenizer
 
 GRIDS = st.sampled_from([1, 32, 100, 1000])

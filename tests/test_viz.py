@@ -15,7 +15,7 @@ from PIL import Image
 import kaleido
 from kaleido.callbacks import LogSamples
 from kaleido.latents import BlobLatent, BoxLatent, TextLatent
-from kaleido.latents.geometry import ellipse_from_mask
+from kaleido.latents.masks import ellipse_from_mask
 from kaleido.viz import (
     PALETTE,
     caption,

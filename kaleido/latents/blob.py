@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from kaleido.latents.base import Extractor
-from kaleido.latents.geometry import GroundedLatent, Order, range_problem, snap_isotropic, to_grid
+from kaleido.latents.geometry import GroundedLatent, Order, range_problem, to_grid
+from kaleido.latents.masks import snap_isotropic
 from kaleido.latents.registry import register_latent_type
 
 if TYPE_CHECKING:

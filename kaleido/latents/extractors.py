@@ -19,7 +19,8 @@ from torch import Tensor
 from kaleido.latents.base import Extractor
 from kaleido.latents.blob import BlobLatent, GroundedBlob
 from kaleido.latents.box import BoxLatent, GroundedBox
-from kaleido.latents.geometry import Order, box_mask, clean_phrase, ellipse_from_mask, to_uint8_images
+from kaleido.latents.geometry import Order, clean_phrase
+from kaleido.latents.masks import box_mask, ellipse_from_mask, to_uint8_images
 
 
 def _local_dir(path: str, what: str) -> Path:
@@ -232,7 +233,7 @@ class DetectorBoxExtractor(Extractor):
 class SamBlobExtractor(Extractor):
     """Blobs the paper's way: each box of ``box_extractor`` prompts SAM, the mask becomes an ellipse.
 
-    The ellipse is the mask's second-moment fit (:func:`~kaleido.latents.geometry.ellipse_from_mask`);
+    The ellipse is the mask's second-moment fit (:func:`~kaleido.latents.masks.ellipse_from_mask`);
     the phrase is the box's. An empty mask falls back to the ellipse of the box itself, so the blob
     latent keeps one object per box (a combined box | blob latent stays aligned).
 
