@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_queues.sh start "QUEUE0" ["QUEUE1" ...]   # queue i sees only GPU i
 #   bash benchmarks/gpu_queues.sh wait OUT_DIR SECONDS              # returns when all are done or after SECONDS
 # A queue is a shell command line; it writes its results under $RESULTS (one folder per queue is
-# wise). `wait` packs $RESULTS into OUT_DIR/results.tar.gz (in 15 MiB parts when larger) once all
-# queues have finished, and prints each queue's log tail either way.
+# wise). `wait` packs $RESULTS into OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of
+# each call (checkpoints left out; what is unfinished too), and prints each queue's log tail.
 set -euo pipefail
 state=${STATE:-/tmp/kaleido_runs/queues}
 cmd=${1:?start or wait}; shift
@@ -38,11 +38,10 @@ for ((i = 0; i < count; i++)); do
   grep -v -i warn "$state/q$i.log" | tail -n 15 || true
 done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
-if (( $(finished) == count )); then
-  cp "$state"/q*.log "$state/results/"
-  tar -czf "$out/results.tar.gz" -C "$state" results
-  if (( $(stat -c %s "$out/results.tar.gz") > 15 * 1024 * 1024 )); then
-    split -b 15M "$out/results.tar.gz" "$out/results.tar.gz.part-" && rm "$out/results.tar.gz"
-  fi
-  ls -la "$out"
+# Pack what is there on every return, finished or not: a lease can end before the queues do.
+cp "$state"/q*.log "$state/results/"
+tar -czf "$out/results.tar.gz" --exclude='*.ckpt' -C "$state" results
+if (( $(stat -c %s "$out/results.tar.gz") > 15 * 1024 * 1024 )); then
+  split -b 15M "$out/results.tar.gz" "$out/results.tar.gz.part-" && rm "$out/results.tar.gz"
 fi
+ls -la "$out"

@@ -5,6 +5,7 @@
     latents                 the registered latent types and where each comes from
     extract                 a latent type's latents for an image folder, into latents/<type>.jsonl (docs/data.md)
     evaluate                FID, precision / recall, diversity, mode coverage over CFG scales (docs/evaluation.md)
+    report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def latents() -> None:
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"sample": "sample", "latents": "latents", "extract": "extract", "evaluate": "evaluate"}
+    commands = ("sample", "latents", "extract", "evaluate", "report")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -42,10 +43,13 @@ def main(argv: list[str] | None = None) -> None:
 
         from kaleido.evaluate import evaluate
         from kaleido.extract import extract
+        from kaleido.metrics.report import merge_reports
         from kaleido.sample import sample
 
         try:
-            functions = {"sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate}
+            functions = {
+                "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "report": merge_reports
+            }
             CLI(functions[command], args=rest, as_positional=False)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:  # bad input: say what, no traceback
             raise SystemExit(f"error: {error}") from None

@@ -1,12 +1,15 @@
-"""Callbacks: sample grids (with their latent text, boxes and blobs drawn) and latent adherence during validation."""
+"""Callbacks: EMA of the weights, a learning-rate cooldown at the end of a step or time budget, and sample
+grids (with their latent text, boxes and blobs drawn) and latent adherence during validation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -33,6 +36,82 @@ class EMA(WeightAveraging):
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:  # noqa: ARG002
         return step_idx is not None and step_idx >= self.start_step
+
+
+class Cooldown(Callback):
+    """Warm-up, stable, decay (WSD): the learning rate falls from the schedule's value to ``final`` times
+    it over the last ``fraction`` of training. The end of training is whichever budget runs out first:
+    ``trainer.max_steps`` / ``max_epochs`` or ``trainer.max_time`` (then progress is wall-clock time, so
+    the decay follows the time budget on any hardware, but a run is no longer step-for-step repeatable).
+
+    The factor multiplies what the optimiser's scheduler last set (the warm-up), after every scheduler
+    step, so it never compounds and checkpoints resume at the right rate. Schedulers must compute their
+    rate from their base rates (``LambdaLR``, kaleido's warm-up, does), not from the current one.
+
+    Args:
+        fraction: the share of training, at the end, over which the rate decays, in (0, 1].
+        final: the rate at the end, as a multiple of the scheduled rate, in [0, 1).
+        shape: "linear", "cosine" or "sqrt" (1 - sqrt(progress), Hägele et al. 2024).
+    """
+
+    SHAPES = ("linear", "cosine", "sqrt")
+
+    def __init__(
+        self, fraction: float = 0.2, final: float = 0.0, shape: Literal["linear", "cosine", "sqrt"] = "linear"
+    ) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"Cooldown fraction must be in (0, 1], got {fraction}")
+        if not 0.0 <= final < 1.0:
+            raise ValueError(f"Cooldown final must be in [0, 1), got {final}")
+        if shape not in self.SHAPES:
+            raise ValueError(f"Cooldown shape must be one of {self.SHAPES}, got {shape!r}")
+        self.fraction, self.final, self.shape = fraction, final, shape
+        self.factor = 1.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not math.isfinite(trainer.estimated_stepping_batches) and self._timer(trainer) is None:
+            raise ValueError(
+                "Cooldown needs an end of training to decay towards: set trainer.max_steps, max_epochs or max_time"
+            )
+        self._apply(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._apply(trainer)  # after the scheduler's step (Lightning steps it before this hook)
+
+    @staticmethod
+    def _timer(trainer: Trainer) -> Timer | None:
+        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration is not None), None)  # type: ignore[attr-defined]
+
+    def progress(self, trainer: Trainer) -> float:
+        """How far training is, in [0, 1]: the larger of the step and the time shares."""
+        shares = [0.0]
+        total_steps = trainer.estimated_stepping_batches
+        if math.isfinite(total_steps) and total_steps > 0:
+            shares.append(trainer.global_step / total_steps)
+        timer = self._timer(trainer)
+        if timer is not None:
+            shares.append(timer.time_elapsed("train") / timer._duration)  # type: ignore[attr-defined]
+        return min(1.0, max(shares))
+
+    def factor_at(self, progress: float) -> float:
+        into = (progress - (1.0 - self.fraction)) / self.fraction  # 0 where the decay starts, 1 at the end
+        if into <= 0.0:
+            return 1.0
+        into = min(1.0, into)
+        remaining = {
+            "linear": 1.0 - into,
+            "cosine": 0.5 * (1.0 + math.cos(math.pi * into)),
+            "sqrt": 1.0 - math.sqrt(into),
+        }[self.shape]
+        return self.final + (1.0 - self.final) * remaining
+
+    def _apply(self, trainer: Trainer) -> None:
+        self.factor = self.factor_at(self.progress(trainer))
+        scheduled = {id(c.scheduler.optimizer): c.scheduler.get_last_lr() for c in trainer.lr_scheduler_configs}
+        for optimizer in trainer.optimizers:
+            base = scheduled.get(id(optimizer)) or [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
+            for group, lr in zip(optimizer.param_groups, base):
+                group["lr"] = lr * self.factor
 
 
 class LogSamples(Callback):

@@ -192,13 +192,13 @@ def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
 
 
 def _load_models(
-    ckpt_path: Path, baseline_ckpt_path: Path | None, more_ckpt_paths: Sequence[Path], device: str
+    ckpt_path: Path, baseline_ckpt_path: Path | None, more_ckpt_paths: Sequence[Path], device: str, name: str | None
 ) -> dict[str, tuple[ConditionalDiffusion, Path]]:
     """Each model to measure, by name, with its checkpoint: ``kaleido`` and ``baseline``, or, with
-    ``more_ckpt_paths``, every Kaleido named by its latent types."""
+    ``more_ckpt_paths``, every Kaleido named by its latent types; ``name`` renames ``ckpt_path``'s."""
     main = load(ckpt_path, map_location=device, expected=ConditionalDiffusion)
     if baseline_ckpt_path is None and not more_ckpt_paths:
-        return {"kaleido" if main.uses_latents else "baseline": (main, ckpt_path)}
+        return {name or ("kaleido" if main.uses_latents else "baseline"): (main, ckpt_path)}
     if not main.uses_latents:
         raise TypeError(
             f"--ckpt_path {ckpt_path} holds a DiffusionModel (a baseline); with --baseline_ckpt_path or "
@@ -210,6 +210,11 @@ def _load_models(
         models[kaleido_name(model, list(models)) if more_ckpt_paths else "kaleido"] = (model, path)
     if baseline_ckpt_path is not None:
         models["baseline"] = (load(baseline_ckpt_path, map_location=device, expected=DiffusionModel), baseline_ckpt_path)
+    if name is not None:
+        first = next(iter(models))
+        if name != first and name in models:
+            raise ValueError(f"--name {name!r} is taken by another model of this evaluation: {sorted(models)}")
+        models = {(name if key == first else key): value for key, value in models.items()}
     sizes = {name: model.image_size for name, (model, _) in models.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"the models make images of different sizes: {sizes}")
@@ -238,6 +243,7 @@ def evaluate(
     precision: Literal["32", "bf16"] = "32",
     num_workers: int = 0,
     compile: bool = False,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
 
@@ -268,12 +274,15 @@ def evaluate(
         compile: ``torch.compile`` the denoiser for sampling (GPU sweeps: 2.8× the eager forward at
             batch 4,096 on an H100, ~30 s of compiling per model and batch shape; make num_samples a
             multiple of batch_size so one shape serves every batch).
+        name: the name of ``ckpt_path``'s model in the report (default ``kaleido`` or ``baseline``;
+            ``kaleido-<types>`` with more_ckpt_paths). Evaluations run apart (one model per GPU, say)
+            are joined by ``python -m kaleido report``, which needs their names to differ.
     """
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device)
+    loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name)
     models = {name: model for name, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size
     datamodules = {name: checkpoint_datamodule(path, image_size, data_config) for name, (_, path) in loaded.items()}

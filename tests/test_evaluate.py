@@ -99,6 +99,45 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
     assert len(list(cache.iterdir())) == 1
 
 
+def test_evaluations_run_apart_join_into_the_joint_report(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path
+) -> None:
+    """One model, or one model and scale, per process (as with one GPU each), joined by `report`:
+    the joint run's rows."""
+    cache = tmp_path / "cache"
+    main(_args(checkpoints, features, tmp_path / "joint", cache))
+
+    def alone(ckpt: Path, output: str, *extra: str) -> Path:
+        args = _args(checkpoints, features, tmp_path / output, cache)
+        del args[3:5]  # --baseline_ckpt_path BASELINE
+        args[args.index("--ckpt_path") + 1] = str(ckpt)
+        main([*args, *extra])
+        return tmp_path / output
+
+    def report(*inputs: Path, output: str = "all") -> dict:
+        main(["report", "--inputs", f"[{','.join(map(str, inputs))}]", "--output", str(tmp_path / output)])
+        return json.loads((tmp_path / output / "metrics.json").read_text())
+
+    kaleido = alone(checkpoints["kaleido"], "kaleido", "--name", "kaleido-text")
+    baseline = [alone(checkpoints["baseline"], f"baseline_{s}", "--cfg_scales", f"[{s}]") for s in (3, 1)]
+    joined = report(kaleido, *baseline)
+    expected = json.loads((tmp_path / "joint" / "metrics.json").read_text())
+    renamed = [{**r, "model": "kaleido-text" if r["model"] == "kaleido" else r["model"]} for r in expected["results"]]
+    assert _without_timing(joined["results"]) == _without_timing(renamed)
+    assert list(joined["settings"]["models"]) == ["kaleido-text", "baseline"]
+    for name in ("metrics.csv", "fid_vs_cfg.png", "recall_vs_cfg.png", "grids/kaleido-text_cfg3.png", "grids/baseline_cfg1.png"):
+        assert (tmp_path / "all" / name).is_file(), name
+
+    with pytest.raises(SystemExit, match="measured in several inputs"):
+        report(baseline[0], baseline[0], output="x")
+    with pytest.raises(SystemExit, match="model name 'baseline' stands for .* and for"):
+        report(baseline[1], alone(checkpoints["kaleido"], "impostor", "--name", "baseline", "--cfg_scales", "[3]"))
+    with pytest.raises(SystemExit, match="evaluated differently .*'seed': \\(1, 2\\)"):
+        report(kaleido, alone(checkpoints["baseline"], "other_seed", "--seed", "2"), output="x")
+    with pytest.raises(SystemExit, match="--name 'baseline' is taken"):
+        main([*_args(checkpoints, features, tmp_path / "x", cache), "--name", "baseline"])
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -8,6 +8,7 @@ path is written with `torch.save` and read back with ``weights_only=True``.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class FeatureStats:
             "cov": self.cov.double().contiguous().cpu(),
             "num_samples": torch.tensor(self.num_samples, dtype=torch.int64),
         }
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: evaluations may run side by side
         if path.suffix in (".pt", ".pth"):
             torch.save({**tensors, "metadata": dict(metadata or {})}, tmp)
         else:

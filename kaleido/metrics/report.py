@@ -1,9 +1,11 @@
-"""What `python -m kaleido evaluate` writes: the metrics as JSON and CSV, and metric-against-CFG plots."""
+"""What `python -m kaleido evaluate` writes (the metrics as JSON and CSV, and metric-against-CFG plots),
+and ``python -m kaleido report``, which joins evaluations run apart (e.g. one model per GPU) into one."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,3 +47,64 @@ def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) ->
         axes.legend()
         figure.tight_layout()
         figure.savefig(output / name, dpi=150)
+
+
+# Settings that must agree for evaluations to share a table: the same samples, seeds and reference.
+COMPARABLE = ("num_samples", "sampler", "steps", "seed", "precision", "min_share")
+
+
+def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
+    """Join the ``metrics.json`` of several ``evaluate`` outputs into one report in ``output``: the
+    rows of every model, the plots with all of them on the same axes, and their grids. The
+    evaluations must share the sampling settings and the FID reference. A model may be split over
+    several inputs by CFG scale (the same checkpoint and name, disjoint ``--cfg_scales``); different
+    checkpoints need different names (``evaluate --name``)."""
+    if len(inputs) < 2:
+        raise ValueError(f"report joins at least two evaluate outputs, got {len(inputs)}")
+    reports = []
+    for folder in inputs:
+        path = folder / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no metrics.json in {folder}: pass folders written by `python -m kaleido evaluate`")
+        reports.append(json.loads(path.read_text()))
+    first = reports[0]
+    for folder, other in zip(inputs[1:], reports[1:]):
+        for section, keys in (("settings", COMPARABLE), ("reference", ("data", "extractor", "num_images"))):
+            differ = {k: (first[section].get(k), other[section].get(k)) for k in keys}
+            differ = {k: pair for k, pair in differ.items() if pair[0] != pair[1]}
+            if differ:
+                raise ValueError(f"{folder} was evaluated differently from {inputs[0]} ({section}: {differ})")
+    # One model may be split over several inputs by scale (--cfg_scales), from the same checkpoint.
+    checkpoints: dict[str, str] = {}
+    for folder, report in zip(inputs, reports):
+        for name, path in report["settings"]["models"].items():
+            if checkpoints.setdefault(name, path) != path:
+                raise ValueError(
+                    f"model name {name!r} stands for {checkpoints[name]} and for {path} ({folder}); "
+                    "name them apart with evaluate --name"
+                )
+    runs = [(row["model"], row["cfg_scale"]) for report in reports for row in report["results"]]
+    repeated = sorted({run for run in runs if runs.count(run) > 1})
+    if repeated:
+        raise ValueError(f"(model, CFG scale) {repeated} measured in several inputs; each may occur once")
+    models = list(checkpoints)
+    merged = {
+        "settings": {
+            **{k: first["settings"][k] for k in COMPARABLE},
+            "models": checkpoints,
+            "cfg_scales": sorted({s for r in reports for s in r["settings"]["cfg_scales"]}),
+            "devices": sorted({r["settings"]["device"] for r in reports}),
+            "inputs": [str(folder) for folder in inputs],
+        },
+        "reference": first["reference"],
+        "results": sorted(
+            (row for r in reports for row in r["results"]), key=lambda row: (models.index(row["model"]), row["cfg_scale"])
+        ),
+        "modes": {k: v for r in reports for k, v in r.get("modes", {}).items()},
+    }
+    (output / "grids").mkdir(parents=True, exist_ok=True)
+    for folder in inputs:
+        for grid in sorted((folder / "grids").glob("*.png")):
+            shutil.copy2(grid, output / "grids" / grid.name)
+    write_report(output, merged, models)
+    return merged
