@@ -8,6 +8,8 @@
 #   1: VQ tokenizer 3:00 → combined (text | box | visual token) 9:30 → adherence → evaluate it
 #   2: baseline 8:00 (every 100th step kept) → blob 7:00 → adherence → the baseline at 1, 2
 #   3: text with a cooldown of the last 20% 9:30 → adherence → visual token 7:00 → adherence
+# Every Kaleido and baseline run is compiled with padded batches (benchmarks/compile_check.py: the
+# same loss and samples as eager for the text, combined, blob and baseline configs).
 # The baseline is evaluated at the text run's step (same denoiser, batch and steps). Evaluation needs the
 # TF-FID Inception weights at $INCEPTION (default /tmp/inception/default_1.pt); it waits for the file.
 # `python -m kaleido report --inputs [...]` joins the evaluate outputs afterwards (docs/results.md).
@@ -75,7 +77,7 @@ case $queue in
       --trainer.callbacks.save_top_k -1 --trainer.callbacks.dirpath "$runs/baseline/keep" \
       --trainer.callbacks.filename "{step}" 2>&1 | grep -v -i warn | tail -n 30 > "$results/baseline/train_log.txt"
     cp "$runs"/baseline/lightning_logs/version_0/events.* "$results/baseline/"
-    TYPES=blob WORKERS=6 ROOT=$runs/types bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:07:00 all
+    TYPES=blob WORKERS=6 ROOT=$runs/types FIT_ARGS="$fast" bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:07:00 all
     ckpt=$(baseline_at_text_step)
     echo "$ckpt" > "$results/baseline/evaluated_checkpoint.txt"
     evaluate baseline "$ckpt" "[1,2]" --data_config "$runs/baseline/lightning_logs/version_0/config.yaml"
@@ -84,7 +86,7 @@ case $queue in
     ROOT=$runs/text_b FIT_ARGS="$fast --data.init_args.num_workers 6 --trainer.callbacks+=kaleido.callbacks.Cooldown --trainer.callbacks.fraction 0.2" \
       bash benchmarks/gpu_shapes_text.sh "$results/text_b" 00:00:09:30 all
     wait_for "$results/vq.done"
-    TYPES=vtoken VQ_CKPT=$vq WORKERS=6 ROOT=$runs/types bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:07:00 all
+    TYPES=vtoken VQ_CKPT=$vq WORKERS=6 ROOT=$runs/types FIT_ARGS="$fast" bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:07:00 all
     ;;
   *) echo "queue must be 0-3, got $queue" >&2; exit 2 ;;
 esac
