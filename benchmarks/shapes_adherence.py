@@ -24,12 +24,12 @@ from jsonargparse import CLI
 
 import kaleido
 from kaleido.data.shapes import SHAPES
-from kaleido.latents import Extractor, LatentType, VisualTokenExtractor
+from kaleido.latents import LatentType, VisualTokenExtractor
 from kaleido.metrics.adherence import latent_adherence
 from kaleido.viz import save_grid
 
 
-def vq_extractor(latent_types: list[LatentType], checkpoint: Path | None, device: str) -> Extractor | None:
+def vq_extractor(latent_types: list[LatentType], checkpoint: Path | None, device: str) -> VisualTokenExtractor | None:
     """The visual-token extractor that re-encodes samples, on ``device``; ``None`` without that type."""
     visual = next((t for t in latent_types if t.name == "visual_token"), None)
     if visual is None:

@@ -8,6 +8,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -143,10 +144,40 @@ def test_token_agreement_counts_equal_positions(shapes32: tuple, vq_latent: Visu
     codes = vq_latent.build_extractor()(images, [""] * 8)
     same = token_agreement(images, [vq_latent.format(c) for c in codes], vq_latent, vq_latent.build_extractor())
     assert (same.agreement, same.exact, same.unparsed, same.count) == (1.0, 1.0, 0.0, 8)
+    assert 0.0 <= same.chance <= 1.0 and 0.0 <= same.ceiling <= 1.0
     moved = [tuple((x + 1) % 32 if i < 4 else x for i, x in enumerate(c)) for c in codes]  # 4 of 16 codes changed
     texts = [vq_latent.format(c) for c in moved[:6]] + ["<v1>#<v2>", "nonsense"]
     score = token_agreement(images, texts, vq_latent, vq_latent.build_extractor(), batch_size=3)
     assert score.agreement == pytest.approx(0.75 * 6 / 8) and score.exact == 0.0 and score.unparsed == 0.25
+
+
+class PixelCodes:
+    """A stand-in VQ with a known answer: the 16 codes of an image are the values of its 4 × 4 first
+    channel, and decoding keeps codes below 8 and writes 0 for the rest (so the ceiling is the share
+    of a latent's codes below 8)."""
+
+    def __call__(self, images: torch.Tensor, conditions: list[str]) -> list[tuple[int, ...]]:  # noqa: ARG002
+        return [tuple(int(v) for v in image[0].flatten().round().tolist()) for image in images]
+
+    def decode(self, codes: list[tuple[int, ...]]) -> torch.Tensor:
+        grid = torch.tensor(codes, dtype=torch.float32)
+        return torch.where(grid < 8, grid, 0.0).view(-1, 1, 4, 4).expand(-1, 3, 4, 4)
+
+
+def test_token_agreement_references_chance_and_ceiling(vq_latent: VisualTokenLatent) -> None:
+    rng = np.random.default_rng(0)
+    latents = rng.integers(0, 32, size=(7, 16))
+    drawn = latents.copy()
+    drawn[:, :4] = (drawn[:, :4] + 1) % 32  # each sample follows 12 of its 16 codes
+    images = torch.tensor(drawn, dtype=torch.float32).view(-1, 1, 4, 4).expand(-1, 3, 4, 4)
+    texts = [vq_latent.format(tuple(row)) for row in latents]
+    score = token_agreement(images, texts, vq_latent, PixelCodes(), batch_size=3)  # type: ignore[arg-type]
+    assert score.agreement == pytest.approx(0.75)
+    neighbours = np.roll(latents, -1, axis=0)  # sample i against latent i + 1
+    assert score.chance == pytest.approx(np.mean(neighbours == drawn))
+    assert score.ceiling == pytest.approx(np.mean(latents < 8))
+    lone = token_agreement(images[:1], texts[:1], vq_latent, PixelCodes())  # type: ignore[arg-type]
+    assert math.isnan(lone.chance) and lone.ceiling == pytest.approx(np.mean(latents[0] < 8))
 
 
 # -- combined latents ---------------------------------------------------------------------------------

@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from kaleido.data.shapes_parser import ParsedObject, box_iou, objects_match, parse_image
 from kaleido.data.shapes_text import parse_description
-from kaleido.latents.base import Extractor, LatentType
+from kaleido.latents.base import LatentType
 from kaleido.latents.blob import BlobLatent
 from kaleido.latents.box import BoxLatent
+from kaleido.latents.visual_token import VisualTokenExtractor
 
 Parsed = Sequence[Sequence[ParsedObject]]  # the parser's objects of each sample
 ELLIPSE_GRID = 128  # samples per side of the window two ellipses are rasterised on: IoU to ~1%
@@ -71,11 +73,15 @@ class TokenAgreement:
     """Visual-token adherence over ``count`` samples (a latent that does not parse scores 0).
     ``agreement``: the mean share of positions where the codes re-extracted from the sample equal the
     latent's; ``exact``: the share of samples with every code equal; ``unparsed``: latent texts that
-    do not parse."""
+    do not parse. Two reference points, over the latents that parse: ``chance``, the agreement of each
+    sample with the next sample's latent (an unrelated one); ``ceiling``, the agreement the VQ itself
+    reaches when it re-encodes its own decoding of each latent (what a perfect sample would score)."""
 
     agreement: float
     exact: float
     unparsed: float
+    chance: float
+    ceiling: float
     count: int
 
 
@@ -236,26 +242,43 @@ def blob_adherence(
 
 
 # -- visual tokens ------------------------------------------------------------------------------------
+def _agreement(mine: Sequence[int] | None, found: Sequence[int]) -> float:
+    return float(np.mean(np.equal(mine, found))) if mine is not None and len(mine) == len(found) else 0.0
+
+
 def token_agreement(
-    images: Tensor, latent_texts: Sequence[str | None], latent_type: LatentType, vq: Extractor, batch_size: int = 256
+    images: Tensor,
+    latent_texts: Sequence[str | None],
+    latent_type: LatentType,
+    vq: VisualTokenExtractor,
+    batch_size: int = 256,
 ) -> TokenAgreement:
     """Re-extract the codes of each image with ``vq`` (a visual-token extractor) and compare them,
-    position by position, with the codes of its latent text (``latent_type.parse``)."""
+    position by position, with the codes of its latent text (``latent_type.parse``); also the chance
+    and ceiling references of :class:`TokenAgreement`."""
     _check_lengths(images, latent_texts)
     codes = _read(latent_texts, latent_type.parse)
-    again: list[Sequence[int]] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        again += vq(chunk, [""] * len(chunk))  # the condition plays no part in re-encoding
-    shares = [
-        float(np.mean(np.equal(mine, found))) if mine is not None and len(mine) == len(found) else 0.0
-        for mine, found in zip(codes, again)
-    ]
+
+    def encode(pictures: Tensor) -> list[Sequence[int]]:
+        found: list[Sequence[int]] = []
+        for start in range(0, len(pictures), batch_size):
+            chunk = pictures[start : start + batch_size]
+            found += vq(chunk, [""] * len(chunk))  # the condition plays no part in re-encoding
+        return found
+
+    again = encode(images)
+    shares = [_agreement(mine, found) for mine, found in zip(codes, again)]
     n = max(1, len(shares))
+    parsed = [i for i, c in enumerate(codes) if c is not None and len(c) == len(again[i])]
+    chance = [_agreement(codes[j], again[i]) for i, j in zip(parsed, parsed[1:] + parsed[:1])] if len(parsed) > 1 else []
+    decoded = [vq.decode([codes[i] for i in parsed[s : s + batch_size]]) for s in range(0, len(parsed), batch_size)]
+    ceiling = [_agreement(codes[i], found) for i, found in zip(parsed, encode(torch.cat(decoded)) if decoded else [])]
     return TokenAgreement(
         agreement=sum(shares) / n,
         exact=sum(share == 1.0 for share in shares) / n,
         unparsed=sum(c is None for c in codes) / n,
+        chance=float(np.mean(chance)) if chance else math.nan,
+        ceiling=float(np.mean(ceiling)) if ceiling else math.nan,
         count=len(shares),
     )
 
@@ -280,7 +303,10 @@ def latent_parts(text: str, names: Sequence[str]) -> dict[str, str | None]:
 
 
 def latent_adherence(
-    images: Tensor, latent_texts: Sequence[str], latent_types: Sequence[LatentType], vq: Extractor | None = None
+    images: Tensor,
+    latent_texts: Sequence[str],
+    latent_types: Sequence[LatentType],
+    vq: VisualTokenExtractor | None = None,
 ) -> dict[str, Score]:
     """Each latent type's measure, by type name, for samples drawn from (possibly combined) latents.
 
