@@ -13,7 +13,6 @@
 # The baseline is evaluated at the text run's step (same denoiser, batch and steps). Evaluation needs the
 # TF-FID Inception weights at $INCEPTION (default /tmp/inception/default_1.pt); it waits for the file.
 # `python -m kaleido report --inputs [...]` joins the evaluate outputs afterwards (docs/results.md).
-# EVAL_ARGS adds evaluate arguments (later ones win: a dry run with --num_samples 8 --steps 2, say).
 set -euo pipefail
 queue=${1:?queue 0-3}
 runs=${RUNS:-/tmp/kaleido_runs}
@@ -23,20 +22,7 @@ fast="--model.init_args.compile true --data.init_args.pad_to_limits true"
 vq=$runs/vq/lightning_logs/version_0/checkpoints/last.ckpt
 export PYTHONUNBUFFERED=1
 
-wait_for() { until [[ -e $1 ]]; do sleep 5; done; }
-last_of() { ls "$1"/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1; }
-step_of() { python3 -c "import torch,sys; print(torch.load(sys.argv[1], weights_only=True, map_location='cpu')['global_step'])" "$1"; }
-
-evaluate() {  # NAME CKPT SCALES [more evaluate arguments]
-  local name=$1 ckpt=$2 scales=$3; shift 3
-  local out=$results/eval/${name}_cfg${scales//[^0-9]/}
-  wait_for "$inception"
-  mkdir -p "$out"
-  python3 -m kaleido evaluate --ckpt_path "$ckpt" --name "$name" --cfg_scales "$scales" --num_samples 5000 \
-    --sampler ddpm --steps 250 --precision bf16 --compile true --batch_size 1250 --num_workers 8 \
-    --feature_weights "$inception" --reference_cache "$runs/reference" --output "$out" "$@" ${EVAL_ARGS:-} 2>&1 \
-    | grep -v -i warn | tr '\r' '\n' | grep -v "evaluate: *[0-9]" | tail -n 20 > "$out/log.txt"
-}
+source benchmarks/gpu_lib.sh
 
 baseline_at_text_step() {  # the kept baseline checkpoint at the text run's last step (or the nearest below)
   wait_for "$results/text_a.done"
@@ -58,12 +44,7 @@ case $queue in
     ;;
   1)
     trap 'touch "$results/vq.done"' EXIT  # queue 3 waits for it, also after a failure
-    mkdir -p "$results/vq"
-    python3 -m kaleido fit --config configs/shapes/vq.yaml --trainer.default_root_dir "$runs/vq" \
-      --trainer.max_time 00:00:03:00 --data.init_args.num_workers 6 2>&1 | grep -v -i warn | tail -n 30 \
-      > "$results/vq/train_log.txt"
-    cp "$runs"/vq/lightning_logs/version_0/events.* "$results/vq/"
-    step_of "$vq" >> "$results/vq/train_log.txt"
+    train_vq 00:00:03:00
     touch "$results/vq.done"
     TYPES=combined VQ_CKPT=$vq WORKERS=6 ROOT=$runs/types FIT_ARGS="$fast" \
       bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:09:30 all
