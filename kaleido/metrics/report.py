@@ -93,7 +93,7 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
             **{k: first["settings"][k] for k in COMPARABLE},
             "models": checkpoints,
             "cfg_scales": sorted({s for r in reports for s in r["settings"]["cfg_scales"]}),
-            "devices": sorted({r["settings"]["device"] for r in reports}),
+            "devices": sorted({d for r in reports for d in r["settings"].get("devices", [r["settings"].get("device")])}),
             "inputs": [str(folder) for folder in inputs],
         },
         "reference": first["reference"],
