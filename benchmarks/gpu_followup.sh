@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What session 4's lease (benchmarks/gpu_all.sh) left open, in one lease of a 4-GPU machine:
-#   issue 2: is the shipped text GPU config reliable? Four seeds, each with adherence and attention shares;
+#   issue 2: is the shipped text GPU config reliable? Two seeds as shipped and the same two with
+#            `unet.qk_norm: true` (a candidate against runs that ignore z), each with adherence and attention shares;
 #   issue 4: the baseline at the text run's 3,000 steps, swept at CFG 1, 2, 4, 8 (kaleido-text and
 #            kaleido-combined were swept in session 4: join with `python -m kaleido report`);
 #   issue 3: blob on the 100 grid, 9 minutes; visual tokens with their chance and ceiling references.
@@ -9,8 +10,8 @@
 #   bash benchmarks/gpu_queues.sh wait OUT 570     # in this and the following calls
 #   0: text seed 0 → the baseline at CFG 1, 2
 #   1: text seed 1 → blob (grid 100) 9:00
-#   2: text seed 2 → VQ 3:00 → visual token 6:00
-#   3: baseline to step 3,000 → the baseline at CFG 4, 8 → text seed 3
+#   2: text seed 0 with qk_norm → VQ 3:00 → visual token 6:00
+#   3: baseline to step 3,000 → the baseline at CFG 4, 8 → text seed 1 with qk_norm
 # Evaluation needs the TF-FID Inception weights at $INCEPTION (default /tmp/inception/default_1.pt).
 set -euo pipefail
 queue=${1:?queue 0-3}
@@ -22,10 +23,12 @@ baseline_config=$runs/baseline/lightning_logs/version_0/config.yaml
 export PYTHONUNBUFFERED=1
 source benchmarks/gpu_lib.sh
 
-text_seed() {  # SEED: the shipped GPU config as a user runs it (eager, 9 minutes), then adherence and attention
-  ROOT=$runs/text_s$1 FIT_ARGS="--seed_everything $1 --data.init_args.num_workers 6" \
-    bash benchmarks/gpu_shapes_text.sh "$results/text_s$1" 00:00:09:00 all
+text_seed() {  # SEED [NAME FIT_ARGS]: the shipped GPU config as a user runs it (eager, 9 minutes), then adherence and attention
+  local name=${2:-text_s$1}
+  ROOT=$runs/$name FIT_ARGS="--seed_everything $1 --data.init_args.num_workers 6 ${3:-}" \
+    bash benchmarks/gpu_shapes_text.sh "$results/$name" 00:00:09:00 all
 }
+qk="--model.init_args.unet.qk_norm true"
 
 case $queue in
   0)
@@ -39,7 +42,7 @@ case $queue in
       bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:09:00 all
     ;;
   2)
-    text_seed 2
+    text_seed 0 text_qk_s0 "$qk"
     train_vq 00:00:03:00
     TYPES=vtoken VQ_CKPT=$vq WORKERS=6 ROOT=$runs/types bash benchmarks/gpu_shapes_types.sh "$results/types" 00:00:06:00 all
     ;;
@@ -53,7 +56,7 @@ case $queue in
     step_of "$(last_of "$runs/baseline")" >> "$results/baseline/train_log.txt"
     touch "$results/baseline.done"
     evaluate baseline "$(last_of "$runs/baseline")" "[4,8]" --data_config "$baseline_config"
-    text_seed 3
+    text_seed 1 text_qk_s1 "$qk"
     ;;
   *) echo "queue must be 0-3, got $queue" >&2; exit 2 ;;
 esac

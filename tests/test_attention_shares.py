@@ -3,26 +3,44 @@ applies, the shares of null, c and z sum to one, and a model without z puts noth
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 import kaleido
-from kaleido.metrics.attention import _attention_probabilities, cross_attention_shares
+from kaleido.metrics.attention import cross_attention_shares
 from kaleido.nn.attention import MultiHeadAttention
 from tests.conftest import tiny_model_kwargs
 from tests.test_models import batch_of
 
 
-def test_recomputed_probabilities_give_the_layer_output() -> None:
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_weights_are_the_attention_the_layer_applies(qk_norm: bool) -> None:
     torch.manual_seed(0)
-    layer = MultiHeadAttention(16, num_heads=4, context_dim=8)
+    layer = MultiHeadAttention(16, num_heads=4, context_dim=8, qk_norm=qk_norm)
+    if qk_norm:  # a learned scale away from 1, so that a missing norm would show
+        torch.nn.init.uniform_(layer.q_norm.weight, 0.5, 2.0)
     x, context = torch.randn(2, 5, 16), torch.randn(2, 7, 8)
     mask = torch.tensor([[True] * 7, [True, True, True, False, False, False, False]])
-    probs = _attention_probabilities(layer, x, context, mask)
+    probs = layer.weights(x, context, mask)
     assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 5)) and (probs[1, ..., 3:] == 0).all()
-    values = layer.to_kv(context).view(2, 7, 2, 4, 4)[:, :, 1].transpose(1, 2)
+    _, _, values = layer.heads(x, context)
     rebuilt = layer.proj((probs @ values).transpose(1, 2).reshape(2, 5, 16))
     assert torch.allclose(rebuilt, layer(x, context=context, mask=mask), atol=1e-6)
+
+
+def test_qk_norm_adds_parameters_only_when_on(text_data) -> None:  # type: ignore[no-untyped-def]
+    """Off by default, so checkpoints of earlier models keep their keys; on, every attention layer of
+    the denoiser (self, cross and the conditioning transformer) normalises queries and keys."""
+    plain = set(MultiHeadAttention(16, 4).state_dict())
+    normed = set(MultiHeadAttention(16, 4, qk_norm=True).state_dict())
+    assert normed - plain == {"q_norm.weight", "k_norm.weight"} and not plain - normed
+    kwargs = tiny_model_kwargs()
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**kwargs, "unet": replace(kwargs["unet"], qk_norm=True)})
+    attentions = [m for m in model.unet.modules() if isinstance(m, MultiHeadAttention)]
+    norms = [m for m in model.unet.modules() if isinstance(m, torch.nn.RMSNorm)]
+    assert len(norms) == 2 * len(attentions) > 0
 
 
 def test_shares_sum_to_one_and_the_baseline_has_no_latent(text_data, baseline_data) -> None:  # type: ignore[no-untyped-def]

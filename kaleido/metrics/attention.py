@@ -27,16 +27,6 @@ class AttentionShares:
     layers: dict[str, tuple[float, float, float]]
 
 
-def _attention_probabilities(module: nn.Module, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
-    """[B, heads, queries, keys], recomputed as ``MultiHeadAttention.forward`` attends."""
-    b, n, d = x.shape
-    h = module.num_heads
-    q = module.to_q(x).view(b, n, h, d // h).transpose(1, 2)
-    k = module.to_kv(context).view(b, -1, 2, h, d // h)[:, :, 0].transpose(1, 2)
-    logits = (q @ k.transpose(-1, -2)) * (d // h) ** -0.5
-    return logits.masked_fill(~mask[:, None, None, :], float("-inf")).softmax(dim=-1)
-
-
 @torch.no_grad()
 def cross_attention_shares(
     model: ConditionalDiffusion, batch: dict[str, Any], timesteps: Sequence[int] = (250, 500, 750), seed: int = 0
@@ -60,7 +50,7 @@ def cross_attention_shares(
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:  # noqa: ARG001
-            mass = _attention_probabilities(module, args[0], kwargs["context"], kwargs["mask"]).mean(dim=(1, 2))
+            mass = module.weights(args[0], kwargs["context"], kwargs["mask"]).mean(dim=(1, 2))
             bounds = (0, 1, 1 + condition_length, mass.shape[1])
             recorded[name] = torch.stack([mass[:, a:z].sum(1) for a, z in zip(bounds, bounds[1:])], dim=1).mean(0)
 

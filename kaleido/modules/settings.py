@@ -22,6 +22,7 @@ class UNetSettings:
     num_heads: int = 4
     cond_layers: int = 2
     dropout: float = 0.0
+    qk_norm: bool = False  # beyond the paper: RMS-normalised queries and keys in every attention layer
 
 
 @dataclass

@@ -62,12 +62,12 @@ class AttentionBlock(nn.Module):
     Each is a pre-norm residual branch with a zero-initialised output projection.
     """
 
-    def __init__(self, channels: int, num_heads: int, context_dim: int) -> None:
+    def __init__(self, channels: int, num_heads: int, context_dim: int, qk_norm: bool = False) -> None:
         super().__init__()
         self.norm_self = group_norm(channels)
-        self.self_attn = MultiHeadAttention(channels, num_heads)
+        self.self_attn = MultiHeadAttention(channels, num_heads, qk_norm=qk_norm)
         self.norm_cross = nn.LayerNorm(channels)
-        self.cross_attn = MultiHeadAttention(channels, num_heads, context_dim=context_dim)
+        self.cross_attn = MultiHeadAttention(channels, num_heads, context_dim=context_dim, qk_norm=qk_norm)
         zero_init(self.self_attn.proj)
         zero_init(self.cross_attn.proj)
 

@@ -44,6 +44,7 @@ class UNet(nn.Module):
         cond_dim: feature size of the conditioning sequence.
         cond_layers: transformer layers applied to the conditioning sequence.
         dropout: dropout inside ResBlocks and the conditioning MLPs.
+        qk_norm: RMS-normalise queries and keys in every attention layer (see `MultiHeadAttention`).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class UNet(nn.Module):
         cond_dim: int = 256,
         cond_layers: int = 2,
         dropout: float = 0.0,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if not channel_mult:
@@ -74,7 +76,9 @@ class UNet(nn.Module):
         # Conditioning sequence encoder.
         self.cond_proj = nn.Linear(cond_dim, emb_dim)
         self.null_token = nn.Parameter(torch.randn(1, 1, emb_dim) * 0.02)
-        self.cond_blocks = nn.ModuleList(TransformerBlock(emb_dim, num_heads, dropout=dropout) for _ in range(cond_layers))
+        self.cond_blocks = nn.ModuleList(
+            TransformerBlock(emb_dim, num_heads, dropout=dropout, qk_norm=qk_norm) for _ in range(cond_layers)
+        )
         self.cond_norm = nn.LayerNorm(emb_dim)
         self.pool_proj = nn.Linear(emb_dim, emb_dim)
 
@@ -82,7 +86,7 @@ class UNet(nn.Module):
             return ResBlock(cin, cout, emb_dim, dropout)
 
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads, context_dim=emb_dim)
+            return AttentionBlock(ch, num_heads, context_dim=emb_dim, qk_norm=qk_norm)
 
         self.input_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         ch = base_channels
