@@ -283,10 +283,10 @@ def evaluate(
     _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name)
-    models = {name: model for name, (model, _) in loaded.items()}
+    models = {key: model for key, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size
-    datamodules = {name: checkpoint_datamodule(path, image_size, data_config) for name, (_, path) in loaded.items()}
-    keys = {name: data_key(dm) for name, dm in datamodules.items()}
+    datamodules = {key: checkpoint_datamodule(path, image_size, data_config) for key, (_, path) in loaded.items()}
+    keys = {key: data_key(dm) for key, dm in datamodules.items()}
     if len(set(keys.values())) > 1:
         raise ValueError(
             f"the checkpoints were trained on different data ({keys}); pass --data_config to measure both against one"
@@ -321,19 +321,19 @@ def evaluate(
     )
     rows, details = [], {}
     progress = tqdm(total=len(models) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
-    for name, model in models.items():
+    for model_name, model in models.items():
         for scale in cfg_scales:
-            progress.set_postfix(model=name, cfg=scale)
+            progress.set_postfix(model=model_name, cfg=scale)
             start = time.perf_counter()
             images, texts = sample_sweep(
                 model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile
             )
             seconds = time.perf_counter() - start
-            save_grid(images[:64], str(output / "grids" / f"{name}_cfg{scale:g}.png"), nrow=8, upscale=2)
+            save_grid(images[:64], str(output / "grids" / f"{model_name}_cfg{scale:g}.png"), nrow=8, upscale=2)
             fake = extract_features(extractor, images, batch_size)
             pr = precision_recall(real, fake, k=3)
             row: dict[str, Any] = {
-                "model": name,
+                "model": model_name,
                 "cfg_scale": float(scale),
                 "num_samples": num_samples,
                 "fid": compute_fid(reference, fake),
@@ -345,7 +345,7 @@ def evaluate(
             if is_shapes:
                 coverage = shapes_mode_coverage(images, prompts, data_scenes, data_conditions, min_share)
                 row.update(coverage.summary())
-                details[f"{name}_cfg{scale:g}"] = {
+                details[f"{model_name}_cfg{scale:g}"] = {
                     c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()
                 }
                 if texts is not None and set(model.tokenizer.latent_names) <= PARSED_LATENTS:
@@ -359,7 +359,7 @@ def evaluate(
         "settings": {
             "ckpt_path": str(ckpt_path),
             "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
-            "models": {name: str(path) for name, (_, path) in loaded.items()},
+            "models": {key: str(path) for key, (_, path) in loaded.items()},
             "cfg_scales": [float(s) for s in cfg_scales],
             "num_samples": num_samples,
             "sampler": sampler,
