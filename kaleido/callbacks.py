@@ -66,7 +66,6 @@ class Cooldown(Callback):
         if shape not in self.SHAPES:
             raise ValueError(f"Cooldown shape must be one of {self.SHAPES}, got {shape!r}")
         self.fraction, self.final, self.shape = fraction, final, shape
-        self.factor = 1.0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not math.isfinite(trainer.estimated_stepping_batches) and self._timer(trainer) is None:
@@ -106,12 +105,12 @@ class Cooldown(Callback):
         return self.final + (1.0 - self.final) * remaining
 
     def _apply(self, trainer: Trainer) -> None:
-        self.factor = self.factor_at(self.progress(trainer))
+        factor = self.factor_at(self.progress(trainer))
         scheduled = {id(c.scheduler.optimizer): c.scheduler.get_last_lr() for c in trainer.lr_scheduler_configs}
         for optimizer in trainer.optimizers:
             base = scheduled.get(id(optimizer)) or [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
             for group, lr in zip(optimizer.param_groups, base):
-                group["lr"] = lr * self.factor
+                group["lr"] = lr * factor
 
 
 class LogSamples(Callback):

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -269,10 +268,15 @@ def token_agreement(
     again = encode(images)
     shares = [_agreement(mine, found) for mine, found in zip(codes, again)]
     n = max(1, len(shares))
-    parsed = [i for i, c in enumerate(codes) if c is not None and len(c) == len(again[i])]
-    chance = [_agreement(codes[j], again[i]) for i, j in zip(parsed, parsed[1:] + parsed[:1])] if len(parsed) > 1 else []
-    decoded = [vq.decode([codes[i] for i in parsed[s : s + batch_size]]) for s in range(0, len(parsed), batch_size)]
-    ceiling = [_agreement(codes[i], found) for i, found in zip(parsed, encode(torch.cat(decoded)) if decoded else [])]
+    pairs = [(c, found) for c, found in zip(codes, again) if c is not None and len(c) == len(found)]
+    valid = [c for c, _ in pairs]
+    # Chance: each sample against the next sample's latent (needs two); ceiling: the VQ's own round trip.
+    neighbours = zip(valid[1:] + valid[:1], (found for _, found in pairs))
+    chance = [_agreement(other, found) for other, found in neighbours] if len(valid) > 1 else []
+    ceiling: list[float] = []
+    for start in range(0, len(valid), batch_size):
+        part = valid[start : start + batch_size]
+        ceiling += [_agreement(c, found) for c, found in zip(part, encode(vq.decode(part)))]
     return TokenAgreement(
         agreement=sum(shares) / n,
         exact=sum(share == 1.0 for share in shares) / n,

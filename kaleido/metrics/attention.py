@@ -13,8 +13,6 @@ from torch import Tensor, nn
 
 from kaleido.modules.base import ConditionalDiffusion
 
-GROUPS = ("null", "condition", "latent")
-
 
 @dataclass
 class AttentionShares:
@@ -74,4 +72,4 @@ def cross_attention_shares(
     return result
 
 
-__all__ = ["GROUPS", "AttentionShares", "cross_attention_shares"]
+__all__ = ["AttentionShares", "cross_attention_shares"]
