@@ -40,6 +40,10 @@ done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
 # Pack what is there on every return, finished or not: a lease can end before the queues do.
 cp "$state"/q*.log "$state/results/"
+runs_dir=$(dirname "$state")  # curves of runs still training: their scripts copy events only at the end
+(cd "$runs_dir" && find . -path ./queues -prune -o -name 'events.out.tfevents.*' -print) | while read -r f; do
+  mkdir -p "$state/results/live/$(dirname "$f")" && cp "$runs_dir/$f" "$state/results/live/$f"
+done
 tar -czf "$out/results.tar.gz" --exclude='*.ckpt' -C "$state" results
 if (( $(stat -c %s "$out/results.tar.gz") > 15 * 1024 * 1024 )); then
   split -b 15M "$out/results.tar.gz" "$out/results.tar.gz.part-" && rm "$out/results.tar.gz"
