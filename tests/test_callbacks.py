@@ -1,5 +1,6 @@
 """The learning-rate cooldown (kaleido.callbacks.Cooldown): the rate the optimiser uses at every step,
-over a step budget and over a time budget, on top of kaleido's warm-up schedule."""
+over a step budget and over a time budget, on top of kaleido's warm-up schedule. And checkpoints that
+keep a run's last steps (kaleido.callbacks.ModelCheckpoint)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from kaleido.callbacks import Cooldown
+from kaleido.callbacks import EMA, Cooldown, ModelCheckpoint
 from kaleido.modules.common import adam_with_warmup
 from kaleido.modules.settings import OptimizerSettings
 
@@ -34,12 +36,12 @@ class Regression(LightningModule):
         return adam_with_warmup(self.parameters(), self.settings)
 
 
-def fit(module: LightningModule, callback: Cooldown, **trainer_args: Any) -> None:
+def fit(module: LightningModule, *callbacks: Callback, **trainer_args: Any) -> None:
     data = DataLoader(TensorDataset(torch.randn(64, 2), torch.randn(64, 1)), batch_size=4)
     trainer = Trainer(
-        callbacks=[callback],
+        callbacks=list(callbacks),
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, LightningModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
@@ -92,3 +94,48 @@ def test_bad_settings_are_refused(arguments: dict[str, Any]) -> None:
 def test_factor_is_continuous_where_the_decay_starts() -> None:
     cooldown = Cooldown(fraction=0.2)
     assert math.isclose(cooldown.factor_at(0.8), 1.0) and cooldown.factor_at(0.81) < 1.0
+
+
+class StopAt(Callback):
+    """Stops training after ``step`` optimiser steps, as ``max_time``'s Timer does: ``should_stop`` at batch end."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def last_checkpoint(directory: Any) -> dict[str, Any]:
+    return torch.load(directory / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
+def test_last_checkpoint_holds_the_step_where_training_stopped(tmp_path: Any, stop: str) -> None:
+    ends = {"max_steps": {"max_steps": 7}, "should_stop": {"max_steps": 15, "callbacks": [StopAt(6)]}}[stop]
+    extra = ends.pop("callbacks", [])
+    ours, stock = tmp_path / "ours", tmp_path / "stock"
+    fit(Regression(), *extra, ModelCheckpoint(dirpath=ours, save_last=True, every_n_train_steps=5), **ends)
+    fit(Regression(), *extra, LightningModelCheckpoint(dirpath=stock, save_last=True, every_n_train_steps=5), **ends)
+    expected = ends["max_steps"] if stop == "max_steps" else 6
+    assert last_checkpoint(ours)["global_step"] == expected
+    assert last_checkpoint(stock)["global_step"] == 5  # what this callback fixes: Lightning's lost steps
+
+
+def test_last_checkpoint_keeps_raw_and_averaged_weights_apart(tmp_path: Any) -> None:
+    """Saved before EMA copies the average into the model at the end of fit: resuming continues the raw weights."""
+    fit(Regression(), EMA(decay=0.5), ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5), max_steps=7)
+    checkpoint = last_checkpoint(tmp_path)
+    assert checkpoint["global_step"] == 7
+    raw, averaged = checkpoint["current_model_state"]["layer.weight"], checkpoint["state_dict"]["layer.weight"]
+    assert not torch.equal(raw, averaged)
+
+
+def test_an_interval_save_at_the_last_step_is_not_repeated(tmp_path: Any) -> None:
+    callback = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)
+    saves: list[int] = []
+    original = callback._save_last_checkpoint
+    callback._save_last_checkpoint = lambda trainer, *a: (saves.append(trainer.global_step), original(trainer, *a))  # type: ignore[method-assign]
+    fit(Regression(), callback, max_steps=10)
+    assert saves == [5, 10]
