@@ -27,10 +27,11 @@ fi
 ckpt=$(ls "$root"/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1)
 python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$ckpt" | tee -a "$out/train_log.txt"
 [[ $stage == train ]] && exit 0
-for sampler in "ddpm 250" "ddim 50"; do
-  set -- $sampler
+# The EMA average (what checkpoints load by default) with both samplers; the trained weights, which it lags, with DDPM.
+for setting in "ddpm 250 averaged adherence_ddpm" "ddim 50 averaged adherence_ddim" "ddpm 250 trained adherence_ddpm_trained"; do
+  set -- $setting
   python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "${SAMPLES:-1024}" --cfg_scale 3 --sampler $1 --num_steps $2 \
-    --batch_size 512 --output "$out/adherence_$1" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20
+    --weights $3 --batch_size 512 --output "$out/$4" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20
 done
 # Does the model read z? Its cross-attention shares on null / c / z (kaleido/metrics/attention.py).
 python3 benchmarks/attention_probe.py --ckpt_path "$ckpt" --output "$out/attention.json" 2>&1 | grep -v -i warn | tail -n 6

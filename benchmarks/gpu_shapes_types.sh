@@ -94,21 +94,26 @@ for type in "${types[@]}"; do
   ckpt=$(last_ckpt "$root/$type")
   mkdir -p "$out/$type"
   { echo "$ckpt"; step_of "$ckpt"; } > "$out/$type/checkpoint.txt"
-  python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "$samples" --cfg_scale 3 --sampler ddpm \
-    --num_steps "$steps" --batch_size 512 --output "$out/$type/adherence_ddpm" > "$out/$type/adherence_log.txt" 2>&1 \
-    || { tail -n 20 "$out/$type/adherence_log.txt" >&2; exit 1; }
+  : > "$out/$type/adherence_log.txt"
+  for weights in averaged trained; do  # the EMA average lags the trained weights in short runs: measure both
+    dir=adherence_ddpm; [[ $weights == trained ]] && dir+=_trained
+    python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "$samples" --cfg_scale 3 --sampler ddpm \
+      --num_steps "$steps" --batch_size 512 --weights "$weights" --output "$out/$type/$dir" >> "$out/$type/adherence_log.txt" 2>&1 \
+      || { tail -n 20 "$out/$type/adherence_log.txt" >&2; exit 1; }
+  done
 done
 python3 - "$out" "${types[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 for name in sys.argv[2:]:
-    result = json.loads((out / name / "adherence_ddpm" / "adherence.json").read_text())
     words = (out / name / "checkpoint.txt").read_text().split()
     step = words[words.index("global_step") + 1]
-    scores = "; ".join(
-        f"{kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in score.items() if k != "count")
-        for kind, score in result["per_type"].items()
-    )
-    print(f"{name} (step {step}, {result['num_samples']} samples, {result['sampling_seconds']} s): {scores}")
+    for folder in ("adherence_ddpm", "adherence_ddpm_trained"):
+        result = json.loads((out / name / folder / "adherence.json").read_text())
+        scores = "; ".join(
+            f"{kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in score.items() if k != "count")
+            for kind, score in result["per_type"].items()
+        )
+        print(f"{name} (step {step}, {result['weights']} weights, {result['num_samples']} samples, {result['sampling_seconds']} s): {scores}")
 EOF

@@ -2,7 +2,8 @@
 
     python benchmarks/shapes_adherence.py --ckpt_path CKPT --num_samples 512 --cfg_scale 3 --output DIR
 
-Writes DIR/adherence.json and DIR/grid.png (the first 64 samples). Conditions cycle through the
+Writes DIR/adherence.json and DIR/grid.png (the first 64 samples). ``--weights trained`` measures the
+optimiser's weights instead of the EMA average (``kaleido.load``). Conditions cycle through the
 coarse shapes conditions ("a circle", "a square", "a triangle"). Each latent type of the checkpoint
 gets its measure (``kaleido.metrics.adherence.latent_adherence``): text, the share of samples with
 every described object; box and blob, the mean IoU with the parsed objects; visual_token, the share
@@ -52,10 +53,11 @@ def main(
     vq_checkpoint: Path | None = None,
     output: Path = Path("adherence"),
     compile: bool = False,
+    weights: Literal["averaged", "trained"] = "averaged",
 ) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_float32_matmul_precision("high")
-    model = kaleido.load(ckpt_path, map_location=device, expected=kaleido.Kaleido)
+    model = kaleido.load(ckpt_path, map_location=device, expected=kaleido.Kaleido, weights=weights)
     latent_types = model.tokenizer.latent_types
     vq = vq_extractor(latent_types, vq_checkpoint, device)  # fails before sampling, not after
     conditions = [f"a {SHAPES[i % len(SHAPES)]}" for i in range(num_samples)]
@@ -78,6 +80,7 @@ def main(
         "seed": seed,
         "precision": precision,
         "compile": compile,
+        "weights": weights,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "per_type": {name: asdict(score) for name, score in scores.items()},
         "sampling_seconds": round(seconds, 2),

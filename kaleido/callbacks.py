@@ -167,7 +167,24 @@ class LogSamples(Callback):
                 f"{list(MEASURED)}. Set adherence: false for these types"
             )
 
+    def _after_weight_averaging(self, trainer: Trainer) -> bool:
+        """Whether an ``EMA`` (``WeightAveraging``) callback runs before this one. It swaps the averaged
+        weights in when validation starts and out when it ends, so this callback samples at the start
+        of validation when it comes after it, and at the end otherwise: with the averaged weights
+        either way, as validation and checkpoints use."""
+        order = {id(c): i for i, c in enumerate(trainer.callbacks)}
+        averaging = [order[id(c)] for c in trainer.callbacks if isinstance(c, WeightAveraging)]
+        return bool(averaging) and min(averaging) < order[id(self)]
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._after_weight_averaging(trainer):
+            self.log_samples(trainer, pl_module)
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._after_weight_averaging(trainer):
+            self.log_samples(trainer, pl_module)
+
+    def log_samples(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not isinstance(pl_module, ConditionalDiffusion):
             return
         if trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule
@@ -42,11 +42,17 @@ def load(
     ckpt_path: str | Path,
     map_location: str | torch.device = "cpu",
     expected: type[M] | tuple[type[M], ...] = LightningModule,  # type: ignore[assignment]
+    weights: Literal["averaged", "trained"] = "averaged",
 ) -> M:
-    """The model stored in ``ckpt_path`` (with EMA weights when trained with the EMA callback), in eval mode.
+    """The model stored in ``ckpt_path``, in eval mode.
 
+    ``weights``: "averaged", the EMA weights when trained with the EMA callback (else the trained ones);
+    "trained", the optimiser's own weights, which the EMA callback keeps beside the average (the EMA
+    lags them by about 1 / (1 - decay) steps: in short runs that still improve fast, compare both).
     ``expected`` restricts the accepted model classes, with a clear error for any other.
     """
+    if weights not in ("averaged", "trained"):
+        raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
     checkpoint = read_checkpoint(ckpt_path, map_location)
     record = checkpoint[CHECKPOINT_KEY]
     cls = _model_class(record["class_path"])
@@ -56,7 +62,8 @@ def load(
     tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"]) if record.get("tokenizer") is not None else None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
-    model.load_state_dict(checkpoint["state_dict"])
+    key = "current_model_state" if weights == "trained" and "current_model_state" in checkpoint else "state_dict"
+    model.load_state_dict(checkpoint[key])
     return model.to(map_location).eval()  # type: ignore[return-value]
 
 

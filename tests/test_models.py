@@ -138,6 +138,27 @@ def _fit(model, data, tmp_path, steps: int = 2):  # type: ignore[no-untyped-def]
     return path
 
 
+def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kaleido.callbacks import EMA, ModelCheckpoint
+
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
+    trainer = Trainer(
+        max_steps=3, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[EMA(decay=0.5), ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=100)],
+    )
+    trainer.fit(model, datamodule=text_data)
+    stored = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    averaged = kaleido.load(tmp_path / "last.ckpt").state_dict()
+    trained = kaleido.load(tmp_path / "last.ckpt", weights="trained").state_dict()
+    name = "unet.input_conv.weight"
+    assert torch.equal(averaged[name], stored["state_dict"][name])
+    assert torch.equal(trained[name], stored["current_model_state"][name])
+    assert not torch.equal(averaged[name], trained[name])
+    with pytest.raises(ValueError, match="weights must be 'averaged' or 'trained', got 'ema'"):
+        kaleido.load(tmp_path / "last.ckpt", weights="ema")  # type: ignore[arg-type]
+
+
 def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, sampling=SamplingSettings(sampler="ddim", num_steps=2), **{

@@ -134,12 +134,12 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
     data.latent_types.append(BoxLatent(grid=16))  # before its tokenizer is built
     model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
     logger = TensorBoardLogger(tmp_path)
+    callback = LogSamples(["a circle"], samples_per_condition=2, num_steps=2, adherence=True)
     trainer = SimpleNamespace(
-        sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7
+        sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7, callbacks=[callback]
     )
     logged: dict[str, float] = {}
     model.log_dict = lambda values, **_: logged.update(values)  # type: ignore[method-assign]
-    callback = LogSamples(["a circle"], samples_per_condition=2, num_steps=2, adherence=True)
     callback.on_validation_epoch_end(trainer, model)  # type: ignore[arg-type]
     logger.experiment.flush()
     # every latent type's measure, each a share or a mean IoU in [0, 1]
@@ -150,6 +150,38 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
 
     events = EventAccumulator(logger.log_dir).Reload()
     assert {"samples", "samples/drawn_latents"} <= set(events.Tags()["images"])
+
+
+@pytest.mark.parametrize("ema_first", [True, False])
+def test_log_samples_samples_with_the_averaged_weights_in_either_order(tmp_path: Path, ema_first: bool) -> None:
+    """EMA swaps its average in for validation and out again; the grid must come from the average whatever
+    the order of the callbacks. Validation runs after the last step here, so the average it uses is the
+    one EMA copies into the model when training ends."""
+    from lightning.pytorch import Trainer
+
+    from kaleido.callbacks import EMA
+
+    torch.manual_seed(0)
+    data = tiny_datamodule(num_train=8)
+    model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
+    sampled: list[dict[str, torch.Tensor]] = []
+    generate = model.generate
+
+    def recording_generate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sampled.append({name: p.detach().clone() for name, p in model.named_parameters()})
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate  # type: ignore[method-assign]
+    ema, samples = EMA(decay=0.5), LogSamples(["a circle"], samples_per_condition=1, num_steps=1, adherence=True)
+    trainer = Trainer(
+        max_epochs=1, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
+        callbacks=[ema, samples] if ema_first else [samples, ema], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    assert len(sampled) == 1 and "val/adherence/text/objects" in trainer.callback_metrics
+    averaged = dict(model.named_parameters())  # EMA's average, copied in at the end of fit
+    assert all(torch.equal(sampled[0][name], p) for name, p in averaged.items())
 
 
 def test_log_samples_refuses_unmeasured_latent_types_before_training() -> None:
