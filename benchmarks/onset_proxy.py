@@ -4,7 +4,8 @@ ground-truth latents of 48 validation scenes every ``probe_every`` steps, for ea
 
     python benchmarks/onset_proxy.py --seeds [0,1,2] --steps 900 --output onset.jsonl
 
-``--model_args`` adds Kaleido arguments, e.g. ``'{"detach_latent_states": true}'``.
+``--model_args`` adds Kaleido arguments, e.g. ``'{"detach_latent_states": true}'``; its ``unet`` entry
+changes fields of the proxy's denoiser, e.g. ``'{"unet": {"qk_norm": true}}'``.
 """
 
 from __future__ import annotations
@@ -51,12 +52,15 @@ def run(seed: int, steps: int, probe_every: int, model_args: dict[str, Any]) -> 
     text = data.latent_types[0]
     conditions = [condition_text(scenes.scene(i)) for i in range(48)]
     latents = [text.format(extracted(i, scenes.scene(i))["text"]) for i in range(48)]
+    model_args = dict(model_args)
+    unet = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1)
+    unet.update(model_args.pop("unet", {}))
     seed_everything(seed)  # the model's initialisation and the batch order; the data stays the same
     model = kaleido.Kaleido(
         tokenizer=data.tokenizer,
         image_size=24,
         t5=T5Settings(d_model=64, d_ff=128, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=32),
-        unet=UNetSettings(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1),
+        unet=UNetSettings(**unet),
         optimizer=OptimizerSettings(lr=2e-3, warmup_steps=50),
         sampling=SamplingSettings(sampler="ddim", num_steps=20, cfg_scale=3.0),
         **model_args,
