@@ -52,9 +52,9 @@ def run(seed: int, steps: int, probe_every: int, model_args: dict[str, Any]) -> 
     text = data.latent_types[0]
     conditions = [condition_text(scenes.scene(i)) for i in range(48)]
     latents = [text.format(extracted(i, scenes.scene(i))["text"]) for i in range(48)]
-    model_args = dict(model_args)
+    kaleido_args = {key: value for key, value in model_args.items() if key != "unet"}
     unet = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1)
-    unet.update(model_args.pop("unet", {}))
+    unet.update(model_args.get("unet", {}))
     seed_everything(seed)  # the model's initialisation and the batch order; the data stays the same
     model = kaleido.Kaleido(
         tokenizer=data.tokenizer,
@@ -63,7 +63,7 @@ def run(seed: int, steps: int, probe_every: int, model_args: dict[str, Any]) -> 
         unet=UNetSettings(**unet),
         optimizer=OptimizerSettings(lr=2e-3, warmup_steps=50),
         sampling=SamplingSettings(sampler="ddim", num_steps=20, cfg_scale=3.0),
-        **model_args,
+        **kaleido_args,
     )
     probe = AdherenceProbe(probe_every, conditions, latents)
     start = time.time()
