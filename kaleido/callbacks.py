@@ -127,6 +127,7 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
         out_of_steps = 0 < trainer.max_steps <= trainer.global_step
+        # Lightning's own helpers (private in 2.x), so `save_last: link`, naming and the skip rules stay its own.
         if self.save_last and (trainer.should_stop or out_of_steps) and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
