@@ -111,15 +111,14 @@ def last_checkpoint(directory: Any) -> dict[str, Any]:
     return torch.load(directory / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("stop", ["max_steps", "should_stop"])
-def test_last_checkpoint_holds_the_step_where_training_stopped(tmp_path: Any, stop: str) -> None:
-    ends = {"max_steps": {"max_steps": 7}, "should_stop": {"max_steps": 15, "callbacks": [StopAt(6)]}}[stop]
-    extra = ends.pop("callbacks", [])
+@pytest.mark.parametrize(("stop_at", "max_steps"), [(None, 7), (6, 15)])
+def test_last_checkpoint_holds_the_step_where_training_stopped(tmp_path: Any, stop_at: int | None, max_steps: int) -> None:
+    """``max_steps`` off the save interval, or a stop at batch end as ``max_time``'s Timer makes."""
+    stop = [StopAt(stop_at)] if stop_at else []
     ours, stock = tmp_path / "ours", tmp_path / "stock"
-    fit(Regression(), *extra, ModelCheckpoint(dirpath=ours, save_last=True, every_n_train_steps=5), **ends)
-    fit(Regression(), *extra, LightningModelCheckpoint(dirpath=stock, save_last=True, every_n_train_steps=5), **ends)
-    expected = ends["max_steps"] if stop == "max_steps" else 6
-    assert last_checkpoint(ours)["global_step"] == expected
+    fit(Regression(), *stop, ModelCheckpoint(dirpath=ours, save_last=True, every_n_train_steps=5), max_steps=max_steps)
+    fit(Regression(), *stop, LightningModelCheckpoint(dirpath=stock, save_last=True, every_n_train_steps=5), max_steps=max_steps)
+    assert last_checkpoint(ours)["global_step"] == (stop_at or max_steps)
     assert last_checkpoint(stock)["global_step"] == 5  # what this callback fixes: Lightning's lost steps
 
 
