@@ -37,7 +37,7 @@ case $queue in
     trap 'touch "$results/text_a.done"' EXIT  # the baseline's evaluations wait for it, also after a failure
     ROOT=$runs/text_a FIT_ARGS="$fast --data.init_args.num_workers 6" \
       bash benchmarks/gpu_shapes_text.sh "$results/text_a" 00:00:09:30 all
-    step_of "$(last_of "$runs/text_a")" > "$results/text_a/step"
+    step_of "$(last_of "$runs/text_a")" | cut -d ' ' -f 2 > "$results/text_a/step"
     touch "$results/text_a.done"
     evaluate kaleido-text "$(last_of "$runs/text_a")" "[1,2,4,8]"
     evaluate baseline "$(baseline_at_text_step)" "[4,8]" --data_config "$runs/baseline/lightning_logs/version_0/config.yaml"

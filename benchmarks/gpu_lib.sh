@@ -1,10 +1,16 @@
-# Shared by the GPU plans (benchmarks/gpu_all.sh, gpu_followup.sh): source it after setting
-# runs (run folders), results (what comes back) and inception (the TF-FID weights file).
+# Shared by the GPU scripts (gpu_all.sh, gpu_followup.sh, gpu_shapes_text.sh, gpu_shapes_types.sh). `evaluate`
+# and `train_vq` need runs (run folders), results (what comes back) and inception (the TF-FID weights file).
 # EVAL_ARGS adds evaluate arguments (later ones win: a dry run with --num_samples 8 --steps 2, say).
 
 wait_for() { until [[ -e $1 ]]; do sleep 5; done; }
-last_of() { ls "$1"/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1; }
-step_of() { python3 -c "import torch,sys; print(torch.load(sys.argv[1], weights_only=True, map_location='cpu')['global_step'])" "$1"; }
+last_of() {  # the last checkpoint of a run folder, or a clear failure
+  local found; found=$(ls "$1"/lightning_logs/version_*/checkpoints/last.ckpt 2>/dev/null | tail -n 1)
+  [[ -n $found ]] || { echo "no last.ckpt under $1" >&2; return 1; }
+  echo "$found"
+}
+step_of() {  # "global_step N epoch M" of a checkpoint
+  python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$1"
+}
 
 evaluate() {  # NAME CKPT SCALES [more evaluate arguments]: the issue-4 sweep setting, 5,000 samples, DDPM 250
   local name=$1 ckpt=$2 scales=$3; shift 3

@@ -8,6 +8,7 @@ set -euo pipefail
 out=${1:?output dir}; max_time=${2:-00:00:07:00}; stage=${3:-all}
 root=${ROOT:-/tmp/kaleido_runs/shapes_text_gpu}  # outside the repo: a call that carries paths replaces them
 export PYTHONUNBUFFERED=1
+source benchmarks/gpu_lib.sh  # last_of, step_of
 if ! python3 -c "import jsonargparse" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -24,8 +25,8 @@ if [[ $stage != eval ]]; then
   echo "train_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/train_log.txt"
   cp "$root"/lightning_logs/version_*/events.out.tfevents.* "$out/" 2>/dev/null || true
 fi
-ckpt=$(ls "$root"/lightning_logs/version_*/checkpoints/last.ckpt | tail -n 1)
-python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$ckpt" | tee -a "$out/train_log.txt"
+ckpt=$(last_of "$root")
+step_of "$ckpt" | tee -a "$out/train_log.txt"
 [[ $stage == train ]] && exit 0
 # The EMA average (what checkpoints load by default) with both samplers; the trained weights, which it lags, with DDPM.
 for setting in "ddpm 250 averaged adherence_ddpm" "ddim 50 averaged adherence_ddim" "ddpm 250 trained adherence_ddpm_trained"; do

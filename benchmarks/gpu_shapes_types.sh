@@ -34,14 +34,7 @@ mkdir -p "$out" "$root"
 python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" | tee -a "$out/device.txt"
 echo "types ${types[*]}; max_time $max_time; loader workers each $workers" | tee -a "$out/device.txt"
 
-last_ckpt() {  # the last checkpoint of a run folder, or a clear failure
-  local found; found=$(ls "$1"/lightning_logs/version_*/checkpoints/last.ckpt 2>/dev/null | tail -n 1)
-  [[ -n $found ]] || { echo "no last.ckpt under $1" >&2; return 1; }
-  echo "$found"
-}
-step_of() {  # the global step a checkpoint was saved at
-  python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$1"
-}
+source benchmarks/gpu_lib.sh  # last_of, step_of
 
 if [[ $stage != eval ]]; then
   for type in "${types[@]}"; do
@@ -79,7 +72,7 @@ if [[ $stage != eval ]]; then
   for i in "${!types[@]}"; do
     type=${types[$i]}
     if wait "${pids[$i]}"; then
-      step_of "$(last_ckpt "$root/$type")" >> "$out/$type/train_log.txt"
+      step_of "$(last_of "$root/$type")" >> "$out/$type/train_log.txt"
       cp "$root/$type"/lightning_logs/version_*/events.out.tfevents.* "$out/$type/" 2>/dev/null || true
     else
       failed+=("$type")
@@ -91,7 +84,7 @@ fi
 [[ $stage == train ]] && exit 0
 
 for type in "${types[@]}"; do
-  ckpt=$(last_ckpt "$root/$type")
+  ckpt=$(last_of "$root/$type")
   mkdir -p "$out/$type"
   { echo "$ckpt"; step_of "$ckpt"; } > "$out/$type/checkpoint.txt"
   : > "$out/$type/adherence_log.txt"
