@@ -5,7 +5,9 @@
 #   bash benchmarks/gpu_queues.sh start "QUEUE0" ["QUEUE1" ...]   # queue i sees only GPU i
 #   bash benchmarks/gpu_queues.sh wait OUT_DIR SECONDS              # returns when all are done or after SECONDS
 # A queue is a shell command line; it writes its results under $RESULTS (one folder per queue is
-# wise). `wait` packs $RESULTS into OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of
+# wise). Each queue is pinned (taskset) to its own equal share of the CPU cores this process may use,
+# so that queues do not slow each other's Python loop and loader: a run then sees what a one-GPU
+# machine of that share gives (docs/results.md, runs K–O). `wait` packs $RESULTS into OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of
 # each call (checkpoints left out; what is unfinished too), and prints each queue's log tail.
 set -euo pipefail
 state=${STATE:-/tmp/kaleido_runs/queues}
@@ -15,12 +17,19 @@ if [[ $cmd == start ]]; then
   if ! python3 -c "import jsonargparse" 2>/dev/null; then  # once here: parallel installs would race
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   fi
+  # One comma-separated core list per queue: equal contiguous slices of the cores allowed here.
+  mapfile -t slices < <(python3 -c "import os, sys
+cores, n = sorted(os.sched_getaffinity(0)), int(sys.argv[1])
+size = len(cores) // n
+for i in range(n): print(','.join(map(str, cores[i * size:(i + 1) * size] if size else cores)))" $#)
+  pin=(); command -v taskset > /dev/null || echo "taskset not found: queues share all cores" >&2
   i=0
   for queue in "$@"; do
     echo "$queue" > "$state/q$i.cmd"
+    command -v taskset > /dev/null && pin=(taskset -c "${slices[$i]}")
     CUDA_VISIBLE_DEVICES=$i RESULTS="$state/results" PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 \
-      setsid bash -c "$queue; echo \$? > '$state/q$i.rc'" > "$state/q$i.log" 2>&1 < /dev/null &
-    echo "queue $i on GPU $i: $queue"
+      setsid "${pin[@]}" bash -c "$queue; echo \$? > '$state/q$i.rc'" > "$state/q$i.log" 2>&1 < /dev/null &
+    echo "queue $i on GPU $i, cores ${slices[$i]}: $queue"
     i=$((i + 1))
   done
   echo "$i" > "$state/count"
