@@ -192,11 +192,16 @@ def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
 
 
 def _load_models(
-    ckpt_path: Path, baseline_ckpt_path: Path | None, more_ckpt_paths: Sequence[Path], device: str, name: str | None
+    ckpt_path: Path,
+    baseline_ckpt_path: Path | None,
+    more_ckpt_paths: Sequence[Path],
+    device: str,
+    name: str | None,
+    weights: Literal["averaged", "trained"] = "averaged",
 ) -> dict[str, tuple[ConditionalDiffusion, Path]]:
     """Each model to measure, by name, with its checkpoint: ``kaleido`` and ``baseline``, or, with
     ``more_ckpt_paths``, every Kaleido named by its latent types; ``name`` renames ``ckpt_path``'s."""
-    main = load(ckpt_path, map_location=device, expected=ConditionalDiffusion)
+    main = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if baseline_ckpt_path is None and not more_ckpt_paths:
         return {name or ("kaleido" if main.uses_latents else "baseline"): (main, ckpt_path)}
     if not main.uses_latents:
@@ -204,12 +209,13 @@ def _load_models(
             f"--ckpt_path {ckpt_path} holds a DiffusionModel (a baseline); with --baseline_ckpt_path or "
             "--more_ckpt_paths it must be Kaleido"
         )
-    kaleidos = [(main, ckpt_path)] + [(load(p, map_location=device, expected=Kaleido), p) for p in more_ckpt_paths]
+    kaleidos = [(main, ckpt_path)] + [(load(p, map_location=device, expected=Kaleido, weights=weights), p) for p in more_ckpt_paths]
     models: dict[str, tuple[ConditionalDiffusion, Path]] = {}
     for model, path in kaleidos:
         models[kaleido_name(model, list(models)) if more_ckpt_paths else "kaleido"] = (model, path)
     if baseline_ckpt_path is not None:
-        models["baseline"] = (load(baseline_ckpt_path, map_location=device, expected=DiffusionModel), baseline_ckpt_path)
+        baseline = load(baseline_ckpt_path, map_location=device, expected=DiffusionModel, weights=weights)
+        models["baseline"] = (baseline, baseline_ckpt_path)
     if name is not None:
         first = next(iter(models))
         if name != first and name in models:
@@ -244,6 +250,7 @@ def evaluate(
     num_workers: int = 0,
     compile: bool = False,
     name: str | None = None,
+    weights: Literal["averaged", "trained"] = "averaged",
 ) -> dict[str, Any]:
     """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
 
@@ -277,12 +284,14 @@ def evaluate(
         name: the name of ``ckpt_path``'s model in the report (default ``kaleido`` or ``baseline``;
             ``kaleido-<types>`` with more_ckpt_paths). Evaluations run apart (one model per GPU, say)
             are joined by ``python -m kaleido report``, which needs their names to differ.
+        weights: which weights of every checkpoint: "averaged", the EMA average when trained with it;
+            "trained", the optimiser's own, which the average lags in short runs (``kaleido.load``).
     """
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name)
+    loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name, weights)
     models = {key: model for key, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size
     datamodules = {key: checkpoint_datamodule(path, image_size, data_config) for key, (_, path) in loaded.items()}
@@ -367,6 +376,7 @@ def evaluate(
             "seed": seed,
             "batch_size": batch_size,
             "precision": precision,
+            "weights": weights,
             "min_share": min_share,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         },

@@ -27,6 +27,7 @@ def sample(
     batch_size: int = 64,
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
+    weights: Literal["averaged", "trained"] = "averaged",
 ) -> Path:
     """Sample ``num_samples`` images for one condition and write ``OUTPUT/grid.png``, one PNG per
     image and ``OUTPUT/samples.jsonl`` (condition, latent text used, image file, settings).
@@ -44,11 +45,13 @@ def sample(
         batch_size: images per forward pass.
         device: "auto" (CUDA if available), "cpu" or "cuda".
         precision: "bf16" runs the networks under bfloat16 autocast (GPU).
+        weights: "averaged", the EMA average when trained with it; "trained", the optimiser's own
+            weights, which the average lags in short runs (``kaleido.load``).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion)
+    model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if latent is not None and not model.uses_latents:
         raise ValueError(f"{ckpt_path} is a baseline DiffusionModel: it takes no --latent")
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
@@ -65,6 +68,7 @@ def sample(
         "sampler": sampler or model.sampling.sampler,
         "num_steps": num_steps or model.sampling.num_steps,
         "seed": seed,
+        "weights": weights,
     }
     with open(output / "samples.jsonl", "w") as lines:
         for index, image in enumerate(out.images):

@@ -99,6 +99,22 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
     assert len(list(cache.iterdir())) == 1
 
 
+def test_evaluate_loads_the_weights_asked_for(checkpoints: dict[str, Path]) -> None:
+    """`--weights trained` measures the optimiser's weights of every model, not the EMA average."""
+    from kaleido.evaluate import _load_models
+
+    loaded = {
+        weights: _load_models(checkpoints["kaleido"], checkpoints["baseline"], [], "cpu", None, weights)  # type: ignore[arg-type]
+        for weights in ("averaged", "trained")
+    }
+    for weights, key in (("averaged", "state_dict"), ("trained", "current_model_state")):
+        for model, path in loaded[weights].values():
+            stored = torch.load(path, weights_only=True)[key]
+            assert all(torch.equal(value, stored[name]) for name, value in model.state_dict().items())
+    averaged, trained = (loaded[w]["kaleido"][0].state_dict() for w in ("averaged", "trained"))
+    assert any(not torch.equal(averaged[name], trained[name]) for name in averaged)
+
+
 def test_evaluations_run_apart_join_into_the_joint_report(
     checkpoints: dict[str, Path], features: Path, tmp_path: Path
 ) -> None:

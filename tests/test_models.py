@@ -1,6 +1,10 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from PIL import Image
 
 import kaleido
 from kaleido.latents import LatentParseError
@@ -157,6 +161,22 @@ def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> 
     assert not torch.equal(averaged[name], trained[name])
     with pytest.raises(ValueError, match="weights must be 'averaged' or 'trained', got 'ema'"):
         kaleido.load(tmp_path / "last.ckpt", weights="ema")  # type: ignore[arg-type]
+
+    # `sample` picks the weights too, and says which it used. Three steps barely move the images, so
+    # the trained weights' output bias is shifted: with the same seed their images must then differ.
+    from kaleido.sample import sample
+
+    bias = [k for k in stored["current_model_state"] if k.startswith("unet.out.") and k.endswith("bias")][-1]  # the last conv's
+    stored["current_model_state"][bias] = stored["current_model_state"][bias] + 0.5
+    torch.save(stored, tmp_path / "shifted.ckpt")
+    images = {}
+    for weights in ("averaged", "trained"):
+        out = sample(tmp_path / "shifted.ckpt", "a circle", num_samples=2, seed=0, sampler="ddim", num_steps=2,
+                     output=tmp_path / weights, weights=weights)  # type: ignore[arg-type]
+        records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+        assert {r["weights"] for r in records} == {weights}
+        images[weights] = np.asarray(Image.open(out / records[0]["image"]))
+    assert not np.array_equal(images["averaged"], images["trained"])
 
 
 def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
