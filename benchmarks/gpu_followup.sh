@@ -4,7 +4,8 @@
 # (runs H-O: 4 of 8 at lr 7e-4, docs/results.md)? Four seeds (8-11) of the shipped config against the
 # same seeds at lr 1e-3 (QK-norm is what lets transformers train at higher rates; run D, at 1e-3 without
 # it, ignored z). The queues are pinned to their own cores, so each run sees a one-GPU machine's share.
-# From a copy of the repo root, on a 4-GPU machine (the queues outlive the call):
+# From a copy of the repo root, on a 4-GPU machine (on two GPUs, queues 0 and 1 still pair seeds 8 and 9;
+# the queues outlive the call):
 #   bash benchmarks/gpu_queues.sh start "bash benchmarks/gpu_followup.sh 0" ... "bash benchmarks/gpu_followup.sh 3"
 #   bash benchmarks/gpu_queues.sh wait OUT 560     # in this and the following calls
 #   0: shipped seed 8  → shipped seed 9
