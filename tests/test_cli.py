@@ -54,6 +54,24 @@ def test_fit_then_sample_through_the_cli(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "at position 2" in bad.stderr
 
 
+def test_fit_on_two_processes_with_ddp(tmp_path: Path) -> None:
+    """`--trainer.devices N` is all multi-GPU training needs; here two CPU processes (gloo) stand in for GPUs.
+    Validation metrics are averaged over the ranks, so Lightning has nothing to warn about."""
+    import torch
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kaleido", "fit", "--config", str(ROOT / "tests/configs/tiny_kaleido.yaml"),
+         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    unsynced = re.findall(r"self\.log\('(val/[^']+)'.*sync_dist=True", result.stderr)
+    assert not [name for name in unsynced if "adherence" not in name], unsynced  # the probe logs on rank 0 only
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
+
+
 def test_latents_command_lists_types_and_origins(capsys: pytest.CaptureFixture[str]) -> None:
     main(["latents"])
     listed = capsys.readouterr().out

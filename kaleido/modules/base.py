@@ -152,11 +152,13 @@ class ConditionalDiffusion(LightningModule, ABC):
         loss_diff = self.diffusion_loss(batch["image"], cond, generator)
         loss = loss_diff + sum(cond.losses.values(), torch.zeros((), device=loss_diff.device))
         size = batch["image"].shape[0]
+        # Per step in training; per epoch elsewhere, averaged over every rank's share of the data (DDP).
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=size)
-        self.log(f"{stage}/loss_diff", loss_diff, on_step=on_step, on_epoch=not on_step, batch_size=size)
+        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step, "batch_size": size}
+        self.log(f"{stage}/loss", loss, prog_bar=True, **options)
+        self.log(f"{stage}/loss_diff", loss_diff, **options)
         for name, value in {**cond.losses, **cond.metrics}.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, batch_size=size)
+            self.log(f"{stage}/{name}", value, **options)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: ARG002

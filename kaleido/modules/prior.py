@@ -52,7 +52,10 @@ class LatentPrior(LightningModule):
         encoded = self.prior.encode(batch["condition_ids"], batch["condition_mask"])
         nll = self.prior.teacher_force(encoded, batch["condition_mask"], batch["latent_ids"], batch["latent_mask"]).nll
         on_step = stage == "train"
-        self.log(f"{stage}/nll", nll, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(batch["condition_ids"]))
+        self.log(
+            f"{stage}/nll", nll, prog_bar=True, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
+            batch_size=len(batch["condition_ids"]),
+        )
         return nll
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: ARG002
