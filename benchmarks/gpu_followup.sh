@@ -13,6 +13,7 @@
 #   2: shipped seed 10 → lr 1e-3 seed 10
 #   3: lr 1e-3 seed 11 → shipped seed 11
 # Each run: 9 minutes eager (MAX_TIME), then adherence with the EMA and the trained weights (gpu_shapes_text.sh).
+# Every `wait` prints the table of the runs measured so far (benchmarks/summarize_runs.py).
 # A CPU dry run: CONFIG=configs/shapes/kaleido_text.yaml MAX_TIME=00:00:00:40 SAMPLES=8 RESULTS=/tmp/dry bash benchmarks/gpu_followup.sh 1
 set -euo pipefail
 queue=${1:?queue 0-3}

@@ -47,6 +47,8 @@ for ((i = 0; i < count; i++)); do
   grep -v -i warn "$state/q$i.log" | tail -n 15 || true
 done
 nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader 2>/dev/null || true
+# The measured runs so far, one table (benchmarks/summarize_runs.py); none yet is no error here.
+PYTHONPATH="/tmp/site:$PWD" python3 benchmarks/summarize_runs.py --results "$state/results" 2>/dev/null || true
 # Pack what is there on every return, finished or not: a lease can end before the queues do.
 cp "$state"/q*.log "$state/results/"
 runs_dir=$(dirname "$state")  # curves of runs still training: their scripts copy events only at the end
