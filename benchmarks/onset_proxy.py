@@ -5,7 +5,8 @@ ground-truth latents of 48 validation scenes every ``probe_every`` steps, for ea
     python benchmarks/onset_proxy.py --seeds [0,1,2] --steps 900 --output onset.jsonl
 
 ``--model_args`` adds Kaleido arguments, e.g. ``'{"detach_latent_states": true}'``; its ``unet`` entry
-changes fields of the proxy's denoiser, e.g. ``'{"unet": {"qk_norm": true}}'``.
+changes fields of the proxy's denoiser, e.g. ``'{"unet": {"qk_norm": true}}'``, and its ``optimizer``
+entry those of its optimiser (lr 2e-3, 50 warm-up steps), e.g. ``'{"optimizer": {"lr": 4e-3}}'``.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ def run(seed: int, steps: int, probe_every: int, model_args: dict[str, Any]) -> 
     text = data.latent_types[0]
     conditions = [condition_text(scenes.scene(i)) for i in range(48)]
     latents = [text.format(extracted(i, scenes.scene(i))["text"]) for i in range(48)]
-    kaleido_args = {key: value for key, value in model_args.items() if key != "unet"}
+    kaleido_args = {key: value for key, value in model_args.items() if key not in ("unet", "optimizer")}
     unet = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1)
     unet.update(model_args.get("unet", {}))
+    optimizer = {"lr": 2e-3, "warmup_steps": 50, **model_args.get("optimizer", {})}
     seed_everything(seed)  # the model's initialisation and the batch order; the data stays the same
     model = kaleido.Kaleido(
         tokenizer=data.tokenizer,
         image_size=24,
         t5=T5Settings(d_model=64, d_ff=128, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=32),
         unet=UNetSettings(**unet),
-        optimizer=OptimizerSettings(lr=2e-3, warmup_steps=50),
+        optimizer=OptimizerSettings(**optimizer),
         sampling=SamplingSettings(sampler="ddim", num_steps=20, cfg_scale=3.0),
         **kaleido_args,
     )
