@@ -7,8 +7,9 @@
 # A queue is a shell command line; it writes its results under $RESULTS (one folder per queue is
 # wise). Each queue is pinned (taskset) to its own equal share of the CPU cores this process may use,
 # so that queues do not slow each other's Python loop and loader: a run then sees what a one-GPU
-# machine of that share gives (docs/results.md, runs K–O). `wait` packs $RESULTS into OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of
-# each call (checkpoints left out; what is unfinished too), and prints each queue's log tail.
+# machine of that share gives (docs/results.md, runs K–O). `wait` packs $RESULTS into
+# OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of each call (checkpoints left out;
+# what is unfinished too), and prints each queue's log tail and the table of measured runs.
 set -euo pipefail
 state=${STATE:-/tmp/kaleido_runs/queues}
 cmd=${1:?start or wait}; shift
