@@ -24,6 +24,7 @@ import torch
 from jsonargparse import CLI
 
 import kaleido
+from kaleido.checkpoint import Weights
 from kaleido.data.shapes import SHAPES
 from kaleido.latents import LatentType, VisualTokenExtractor
 from kaleido.metrics.adherence import latent_adherence
@@ -53,7 +54,7 @@ def main(
     vq_checkpoint: Path | None = None,
     output: Path = Path("adherence"),
     compile: bool = False,
-    weights: Literal["averaged", "trained"] = "averaged",
+    weights: Weights = "averaged",
 ) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_float32_matmul_precision("high")

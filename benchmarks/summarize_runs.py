@@ -58,7 +58,7 @@ def training_rate(curves: dict[str, list[tuple[int, float, float]]]) -> float | 
 
 
 def read_run(folder: Path, root: Path) -> Run:
-    run = Run(str(folder.relative_to(root)) or folder.name)
+    run = Run(folder.name if folder == root else str(folder.relative_to(root)))
     for setting in sorted(folder.glob("adherence_*/adherence.json")):
         run.kind, score = headline(json.loads(setting.read_text()))
         run.adherence[setting.parent.name.removeprefix("adherence_")] = score

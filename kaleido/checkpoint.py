@@ -17,6 +17,7 @@ from torch import nn
 from kaleido.modules.common import CHECKPOINT_KEY
 from kaleido.tokenizer import KaleidoTokenizer
 
+Weights = Literal["averaged", "trained"]  # the EMA average, or the optimiser's own weights kept beside it
 M = TypeVar("M", bound=LightningModule)
 
 
@@ -42,7 +43,7 @@ def load(
     ckpt_path: str | Path,
     map_location: str | torch.device = "cpu",
     expected: type[M] | tuple[type[M], ...] = LightningModule,  # type: ignore[assignment]
-    weights: Literal["averaged", "trained"] = "averaged",
+    weights: Weights = "averaged",
 ) -> M:
     """The model stored in ``ckpt_path``, in eval mode.
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from kaleido.checkpoint import load
+from kaleido.checkpoint import Weights, load
 from kaleido.data.folder import ImageFolderDataModule
 from kaleido.data.shapes import ShapesDataset, condition_text
 from kaleido.data.shapes_datamodule import ShapesDataModule
@@ -197,7 +197,7 @@ def _load_models(
     more_ckpt_paths: Sequence[Path],
     device: str,
     name: str | None,
-    weights: Literal["averaged", "trained"] = "averaged",
+    weights: Weights = "averaged",
 ) -> dict[str, tuple[ConditionalDiffusion, Path]]:
     """Each model to measure, by name, with its checkpoint: ``kaleido`` and ``baseline``, or, with
     ``more_ckpt_paths``, every Kaleido named by its latent types; ``name`` renames ``ckpt_path``'s."""
@@ -250,7 +250,7 @@ def evaluate(
     num_workers: int = 0,
     compile: bool = False,
     name: str | None = None,
-    weights: Literal["averaged", "trained"] = "averaged",
+    weights: Weights = "averaged",
 ) -> dict[str, Any]:
     """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
 

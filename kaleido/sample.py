@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from kaleido.checkpoint import load
+from kaleido.checkpoint import Weights, load
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.viz import save_grid, to_pil
 
@@ -27,7 +27,7 @@ def sample(
     batch_size: int = 64,
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
-    weights: Literal["averaged", "trained"] = "averaged",
+    weights: Weights = "averaged",
 ) -> Path:
     """Sample ``num_samples`` images for one condition and write ``OUTPUT/grid.png``, one PNG per
     image and ``OUTPUT/samples.jsonl`` (condition, latent text used, image file, settings).

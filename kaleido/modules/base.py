@@ -17,7 +17,7 @@ from torch import Tensor
 from kaleido.diffusion.guidance import classifier_free_guidance, conditioned
 from kaleido.diffusion.samplers import build_sampler
 from kaleido.diffusion.schedule import CosineSchedule
-from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record
+from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import (
     DiffusionSettings,
     OptimizerSettings,
@@ -151,10 +151,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         cond = self.condition(batch)
         loss_diff = self.diffusion_loss(batch["image"], cond, generator)
         loss = loss_diff + sum(cond.losses.values(), torch.zeros((), device=loss_diff.device))
-        size = batch["image"].shape[0]
-        # Per step in training; per epoch elsewhere, averaged over every rank's share of the data (DDP).
-        on_step = stage == "train"
-        options = {"on_step": on_step, "on_epoch": not on_step, "sync_dist": not on_step, "batch_size": size}
+        options = log_options(stage, batch["image"].shape[0])
         self.log(f"{stage}/loss", loss, prog_bar=True, **options)
         self.log(f"{stage}/loss_diff", loss_diff, **options)
         for name, value in {**cond.losses, **cond.metrics}.items():

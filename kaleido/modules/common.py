@@ -29,6 +29,13 @@ def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSett
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def log_options(stage: str, batch_size: int) -> dict[str, Any]:
+    """``self.log`` options: per step in training; per epoch elsewhere, averaged over every rank's share
+    of the data (DDP: without ``sync_dist`` only rank 0's share would be logged)."""
+    training = stage == "train"
+    return {"on_step": training, "on_epoch": not training, "sync_dist": not training, "batch_size": batch_size}
+
+
 def checkpoint_record(module: LightningModule, tokenizer: KaleidoTokenizer) -> dict[str, Any]:
     """What ``kaleido.load`` needs beyond the weights and hparams: the class and the tokenizer."""
     cls = type(module)

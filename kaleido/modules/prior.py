@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, sample_latent_ids
+from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, log_options, sample_latent_ids
 from kaleido.modules.settings import OptimizerSettings, SamplingSettings, T5Settings, from_dict, to_dict
 from kaleido.nn.prior import LatentPriorNet
 from kaleido.tokenizer import KaleidoTokenizer
@@ -51,11 +51,7 @@ class LatentPrior(LightningModule):
     def _step(self, batch: dict[str, Any], stage: str) -> Tensor:
         encoded = self.prior.encode(batch["condition_ids"], batch["condition_mask"])
         nll = self.prior.teacher_force(encoded, batch["condition_mask"], batch["latent_ids"], batch["latent_mask"]).nll
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/nll", nll, prog_bar=True, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
-            batch_size=len(batch["condition_ids"]),
-        )
+        self.log(f"{stage}/nll", nll, prog_bar=True, **log_options(stage, len(batch["condition_ids"])))
         return nll
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: ARG002

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from kaleido.__about__ import __version__
-from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record
+from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import OptimizerSettings, from_dict, to_dict
 from kaleido.nn.vqvae import VQVAE, VQSettings
 from kaleido.tokenizer import KaleidoTokenizer
@@ -91,16 +91,11 @@ class VQTokenizer(LightningModule):
         reconstruction, losses, codes = self.vq(images)
         loss = losses["recon"] + losses["commitment"]
         mse = losses["recon"] if self.vq_settings.recon_loss == "mse" else F.mse_loss(reconstruction.float(), images.float())
-        on_step = stage == "train"
-        size = images.shape[0]
         logs = {"loss": loss, "recon_mse": mse.detach(), "commitment": losses["commitment"].detach()}
-        if on_step:  # the validation perplexity is taken over the whole epoch instead
+        if stage == "train":  # the validation perplexity is taken over the whole epoch instead
             logs["perplexity"] = perplexity(code_counts(codes, self.vq_settings.codebook_size))
         for name, value in logs.items():
-            self.log(
-                f"{stage}/{name}", value, prog_bar=name == "recon_mse", on_step=on_step, on_epoch=not on_step,
-                batch_size=size, sync_dist=not on_step,
-            )
+            self.log(f"{stage}/{name}", value, prog_bar=name == "recon_mse", **log_options(stage, images.shape[0]))
         return loss, reconstruction, codes
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: ARG002
