@@ -12,6 +12,11 @@ step_of() {  # "global_step N epoch M" of a checkpoint
   python3 -c "import torch,sys; c=torch.load(sys.argv[1], weights_only=True, map_location='cpu'); print('global_step', c['global_step'], 'epoch', c['epoch'])" "$1"
 }
 
+weight_sets() {  # "averaged trained" for a checkpoint that keeps an EMA average beside the trained weights, else "averaged" (= trained)
+  python3 -c "import sys; from kaleido.checkpoint import read_checkpoint
+print('averaged trained' if 'current_model_state' in read_checkpoint(sys.argv[1]) else 'averaged')" "$1"
+}
+
 evaluate() {  # NAME CKPT SCALES [more evaluate arguments]: the issue-4 sweep setting, 5,000 samples, DDPM 250
   local name=$1 ckpt=$2 scales=$3; shift 3
   local out=$results/eval/${name}_cfg${scales//[^0-9]/}

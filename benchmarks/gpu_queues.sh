@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_queues.sh wait OUT_DIR SECONDS              # returns when all are done or after SECONDS
 # A queue is a shell command line; it writes its results under $RESULTS (one folder per queue is
 # wise). Each queue is pinned (taskset) to its own equal share of the CPU cores this process may use,
-# so that queues do not slow each other's Python loop and loader: a run then sees what a one-GPU
-# machine of that share gives (docs/results.md, runs K–O). `wait` packs $RESULTS into
+# so that queues do not slow each other's Python loop and loader. Runs still train slower than alone
+# on a one-GPU machine (4.4-4.8 against 6.4 it/s: docs/results.md, seeds 8-11). `wait` packs $RESULTS into
 # OUT_DIR/results.tar.gz (in 15 MiB parts when larger) at the end of each call (checkpoints left out;
 # what is unfinished too), and prints each queue's log tail and the table of measured runs.
 set -euo pipefail

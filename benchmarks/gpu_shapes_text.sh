@@ -8,7 +8,7 @@ set -euo pipefail
 out=${1:?output dir}; max_time=${2:-00:00:07:00}; stage=${3:-all}
 root=${ROOT:-/tmp/kaleido_runs/shapes_text_gpu}  # outside the repo: a call that carries paths replaces them
 export PYTHONUNBUFFERED=1
-source benchmarks/gpu_lib.sh  # last_of, step_of
+source benchmarks/gpu_lib.sh  # last_of, step_of, weight_sets
 if ! python3 -c "import jsonargparse" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -28,8 +28,11 @@ fi
 ckpt=$(last_of "$root")
 step_of "$ckpt" | tee -a "$out/train_log.txt"
 [[ $stage == train ]] && exit 0
-# The EMA average (what checkpoints load by default) with both samplers; the trained weights, which it lags, with DDPM.
-for setting in "ddpm 250 averaged adherence_ddpm" "ddim 50 averaged adherence_ddim" "ddpm 250 trained adherence_ddpm_trained"; do
+# What the checkpoint loads by default (the EMA average, where the run kept one) with both samplers; an
+# EMA run's trained weights, which the average lags, with DDPM as well.
+settings=("ddpm 250 averaged adherence_ddpm" "ddim 50 averaged adherence_ddim")
+[[ $(weight_sets "$ckpt") == *trained ]] && settings+=("ddpm 250 trained adherence_ddpm_trained")
+for setting in "${settings[@]}"; do
   set -- $setting
   python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "${SAMPLES:-1024}" --cfg_scale 3 --sampler $1 --num_steps $2 \
     --weights $3 --batch_size 512 --output "$out/$4" 2>&1 | grep -v -i warn | grep -v '"latent"\|"condition"\|[{}],\?$' | tail -n 20

@@ -34,7 +34,7 @@ mkdir -p "$out" "$root"
 python3 -c "import torch, transformers, lightning; print('torch', torch.__version__, 'transformers', transformers.__version__, 'lightning', lightning.__version__)" | tee -a "$out/device.txt"
 echo "types ${types[*]}; max_time $max_time; loader workers each $workers" | tee -a "$out/device.txt"
 
-source benchmarks/gpu_lib.sh  # last_of, step_of
+source benchmarks/gpu_lib.sh  # last_of, step_of, weight_sets
 
 if [[ $stage != eval ]]; then
   for type in "${types[@]}"; do
@@ -88,7 +88,7 @@ for type in "${types[@]}"; do
   mkdir -p "$out/$type"
   { echo "$ckpt"; step_of "$ckpt"; } > "$out/$type/checkpoint.txt"
   : > "$out/$type/adherence_log.txt"
-  for weights in averaged trained; do  # the EMA average lags the trained weights in short runs: measure both
+  for weights in $(weight_sets "$ckpt"); do  # an EMA average lags the trained weights in short runs: measure both
     dir=adherence_ddpm; [[ $weights == trained ]] && dir+=_trained
     python3 benchmarks/shapes_adherence.py --ckpt_path "$ckpt" --num_samples "$samples" --cfg_scale 3 --sampler ddpm \
       --num_steps "$steps" --batch_size 512 --weights "$weights" --output "$out/$type/$dir" >> "$out/$type/adherence_log.txt" 2>&1 \
@@ -103,6 +103,8 @@ for name in sys.argv[2:]:
     words = (out / name / "checkpoint.txt").read_text().split()
     step = words[words.index("global_step") + 1]
     for folder in ("adherence_ddpm", "adherence_ddpm_trained"):
+        if not (out / name / folder).is_dir():  # a run without EMA: one weight set
+            continue
         result = json.loads((out / name / folder / "adherence.json").read_text())
         scores = "; ".join(
             f"{kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in score.items() if k != "count")

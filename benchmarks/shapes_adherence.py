@@ -81,7 +81,7 @@ def main(
         "seed": seed,
         "precision": precision,
         "compile": compile,
-        "weights": weights,
+        "weights": model.loaded_weights,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "per_type": {name: asdict(score) for name, score in scores.items()},
         "sampling_seconds": round(seconds, 2),

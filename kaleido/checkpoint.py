@@ -50,7 +50,8 @@ def load(
     ``weights``: "averaged", the EMA weights when trained with the EMA callback (else the trained ones);
     "trained", the optimiser's own weights, which the EMA callback keeps beside the average (the EMA
     lags them by about 1 / (1 - decay) steps: in short runs that still improve fast, compare both).
-    ``expected`` restricts the accepted model classes, with a clear error for any other.
+    The model's ``loaded_weights`` says which it holds: "averaged" only where the checkpoint has an
+    average. ``expected`` restricts the accepted model classes, with a clear error for any other.
     """
     if weights not in ("averaged", "trained"):
         raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
@@ -63,8 +64,10 @@ def load(
     tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"]) if record.get("tokenizer") is not None else None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
-    key = "current_model_state" if weights == "trained" and "current_model_state" in checkpoint else "state_dict"
-    model.load_state_dict(checkpoint[key])
+    has_average = "current_model_state" in checkpoint  # the EMA callback keeps the trained weights there
+    loaded: Weights = "averaged" if weights == "averaged" and has_average else "trained"
+    model.load_state_dict(checkpoint["current_model_state" if loaded == "trained" and has_average else "state_dict"])
+    model.loaded_weights = loaded  # what samples and metrics record, rather than what was asked for
     return model.to(map_location).eval()  # type: ignore[return-value]
 
 

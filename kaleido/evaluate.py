@@ -377,6 +377,7 @@ def evaluate(
             "batch_size": batch_size,
             "precision": precision,
             "weights": weights,
+            "loaded_weights": {key: model.loaded_weights for key, (model, _) in loaded.items()},
             "min_share": min_share,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         },

@@ -68,7 +68,7 @@ def sample(
         "sampler": sampler or model.sampling.sampler,
         "num_steps": num_steps or model.sampling.num_steps,
         "seed": seed,
-        "weights": weights,
+        "weights": model.loaded_weights,  # "trained" where the checkpoint keeps no average
     }
     with open(output / "samples.jsonl", "w") as lines:
         for index, image in enumerate(out.images):

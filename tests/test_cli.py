@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from kaleido.__main__ import main
@@ -22,6 +23,25 @@ def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: kaleido." in printed and "tokenizer" not in printed.split("model:")[1].split("data:")[0]
+
+
+def _without_z(config_name: str) -> dict:
+    """A shapes config with what only Kaleido has taken out: z, the prior's decoder and its loss."""
+    config = yaml.safe_load((ROOT / "configs" / "shapes" / f"{config_name}.yaml").read_text())
+    model = config.pop("model")["init_args"]  # the class differs by design
+    model.pop("ar_loss_weight", None)
+    model["t5"].pop("num_decoder_layers", None)
+    model["compile"] = model.get("compile", False)
+    config["data"]["init_args"].pop("latents")
+    for callback in config["trainer"]["callbacks"]:
+        callback.get("init_args", {}).pop("adherence", None)  # the baseline has no latent to follow
+    return {**config, "model_settings": model}
+
+
+@pytest.mark.parametrize(("baseline", "kaleido"), [("baseline", "kaleido_text"), ("baseline_gpu", "kaleido_text_gpu")])
+def test_each_baseline_config_trains_like_its_kaleido_pair(baseline: str, kaleido: str) -> None:
+    # Every result is reported beside the baseline: the pair must share denoiser, data, optimiser and trainer.
+    assert _without_z(baseline) == _without_z(kaleido)
 
 
 def test_fit_then_sample_through_the_cli(tmp_path: Path) -> None:

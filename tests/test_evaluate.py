@@ -109,6 +109,7 @@ def test_evaluate_loads_the_weights_asked_for(checkpoints: dict[str, Path]) -> N
     }
     for weights, key in (("averaged", "state_dict"), ("trained", "current_model_state")):
         for model, path in loaded[weights].values():
+            assert model.loaded_weights == weights  # both checkpoints keep an average
             stored = torch.load(path, weights_only=True)[key]
             assert all(torch.equal(value, stored[name]) for name, value in model.state_dict().items())
     averaged, trained = (loaded[w]["kaleido"][0].state_dict() for w in ("averaged", "trained"))
@@ -141,6 +142,7 @@ def test_evaluations_run_apart_join_into_the_joint_report(
     renamed = [{**r, "model": "kaleido-text" if r["model"] == "kaleido" else r["model"]} for r in expected["results"]]
     assert _without_timing(joined["results"]) == _without_timing(renamed)
     assert list(joined["settings"]["models"]) == ["kaleido-text", "baseline"]
+    assert joined["settings"]["loaded_weights"] == {"kaleido-text": "averaged", "baseline": "averaged"}
     for name in ("metrics.csv", "fid_vs_cfg.png", "recall_vs_cfg.png", "grids/kaleido-text_cfg3.png", "grids/baseline_cfg1.png"):
         assert (tmp_path / "all" / name).is_file(), name
 

@@ -159,6 +159,7 @@ def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> 
     assert torch.equal(averaged[name], stored["state_dict"][name])
     assert torch.equal(trained[name], stored["current_model_state"][name])
     assert not torch.equal(averaged[name], trained[name])
+    assert [kaleido.load(tmp_path / "last.ckpt", weights=w).loaded_weights for w in ("averaged", "trained")] == ["averaged", "trained"]
     with pytest.raises(ValueError, match="weights must be 'averaged' or 'trained', got 'ema'"):
         kaleido.load(tmp_path / "last.ckpt", weights="ema")  # type: ignore[arg-type]
 
@@ -177,6 +178,17 @@ def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> 
         assert {r["weights"] for r in records} == {weights}
         images[weights] = np.asarray(Image.open(out / records[0]["image"]))
     assert not np.array_equal(images["averaged"], images["trained"])
+
+    # Trained without EMA, a checkpoint holds only the trained weights: asked for the average, `load`
+    # gives those, and the samples say so rather than "averaged".
+    plain = {k: v for k, v in stored.items() if k != "current_model_state"}
+    plain["state_dict"] = stored["current_model_state"]
+    torch.save(plain, tmp_path / "plain.ckpt")
+    assert kaleido.load(tmp_path / "plain.ckpt").loaded_weights == "trained"
+    out = sample(tmp_path / "plain.ckpt", "a circle", num_samples=2, seed=0, sampler="ddim", num_steps=2, output=tmp_path / "plain")
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["weights"] for r in records} == {"trained"}
+    assert np.array_equal(np.asarray(Image.open(out / records[0]["image"])), images["trained"])
 
 
 def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -92,6 +92,7 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
         "settings": {
             **{k: first["settings"][k] for k in COMPARABLE},
             "models": checkpoints,
+            "loaded_weights": {k: v for r in reports for k, v in r["settings"].get("loaded_weights", {}).items()},
             "cfg_scales": sorted({s for r in reports for s in r["settings"]["cfg_scales"]}),
             "devices": sorted({d for r in reports for d in r["settings"].get("devices", [r["settings"].get("device")])}),
             "inputs": [str(folder) for folder in inputs],
