@@ -22,7 +22,7 @@ from kaleido.viz import has_geometry, image_grid, samples_grid
 class EMA(WeightAveraging):
     """Exponential moving average of the weights (paper: decay 0.9999), updated with one fused
     ``foreach`` call per step rather than a Python loop over parameters (about 5x less overhead than
-    Lightning's ``EMAWeightAveraging`` on an H100; see docs/performance.md). Validation, sampling
+    Lightning's ``EMAWeightAveraging`` on an H100; see docs/results.md). Validation, sampling
     callbacks and saved checkpoints use the averaged weights.
 
     Args:
