@@ -13,8 +13,8 @@ step_of() {  # "global_step N epoch M" of a checkpoint
 }
 
 weight_sets() {  # "averaged trained" for a checkpoint that keeps an EMA average beside the trained weights, else "averaged" (= trained)
-  python3 -c "import sys; from kaleido.checkpoint import read_checkpoint
-print('averaged trained' if 'current_model_state' in read_checkpoint(sys.argv[1]) else 'averaged')" "$1"
+  python3 -c "import sys; from kaleido.checkpoint import holds_average, read_checkpoint
+print('averaged trained' if holds_average(read_checkpoint(sys.argv[1])) else 'averaged')" "$1"
 }
 
 evaluate() {  # NAME CKPT SCALES [more evaluate arguments]: the issue-4 sweep setting, 5,000 samples, DDPM 250

@@ -27,7 +27,9 @@ class EMA(WeightAveraging):
 
     Args:
         decay: the EMA decay.
-        start_step: optimiser steps before averaging starts (the average copies the weights then).
+        start_step: optimiser steps before averaging starts. Until then the "average" is a copy of the
+            current weights, so that validation, checkpoints and the end of a shorter run use them
+            rather than the weights the model started from.
     """
 
     def __init__(self, decay: float = 0.9999, start_step: int = 0) -> None:
@@ -36,8 +38,10 @@ class EMA(WeightAveraging):
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay, self.start_step = decay, start_step
 
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:  # noqa: ARG002
-        return step_idx is not None and step_idx >= self.start_step
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self._average_model is not None and trainer.global_step - 1 <= self.start_step:
+            self._average_model.n_averaged.zero_()  # an update at count 0 copies the weights
+        super().on_train_batch_end(trainer, pl_module, *args)
 
 
 class Cooldown(Callback):

@@ -34,6 +34,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
+def holds_average(checkpoint: dict[str, Any]) -> bool:
+    """Whether a checkpoint keeps an EMA average (its ``state_dict``) beside the trained weights, as the
+    EMA callback saves them; without one, ``state_dict`` holds the trained weights."""
+    return "current_model_state" in checkpoint
+
+
 def _model_class(class_path: str) -> type[LightningModule]:
     module_name, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)
@@ -64,7 +70,7 @@ def load(
     tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"]) if record.get("tokenizer") is not None else None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
-    has_average = "current_model_state" in checkpoint  # the EMA callback keeps the trained weights there
+    has_average = holds_average(checkpoint)
     loaded: Weights = "averaged" if weights == "averaged" and has_average else "trained"
     model.load_state_dict(checkpoint["current_model_state" if loaded == "trained" and has_average else "state_dict"])
     model.loaded_weights = loaded  # what samples and metrics record, rather than what was asked for

@@ -1,6 +1,6 @@
 """The learning-rate cooldown (kaleido.callbacks.Cooldown): the rate the optimiser uses at every step,
-over a step budget and over a time budget, on top of kaleido's warm-up schedule. And checkpoints that
-keep a run's last steps (kaleido.callbacks.ModelCheckpoint)."""
+over a step budget and over a time budget, on top of kaleido's warm-up schedule. Checkpoints that
+keep a run's last steps (kaleido.callbacks.ModelCheckpoint), and the EMA around its start step."""
 
 from __future__ import annotations
 
@@ -129,6 +129,36 @@ def test_last_checkpoint_keeps_raw_and_averaged_weights_apart(tmp_path: Any) -> 
     assert checkpoint["global_step"] == 7
     raw, averaged = checkpoint["current_model_state"]["layer.weight"], checkpoint["state_dict"]["layer.weight"]
     assert not torch.equal(raw, averaged)
+
+
+class RecordWeights(Callback):
+    """The layer's weights after every optimiser step."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.weights.append(pl_module.layer.weight.detach().clone())
+
+
+def test_averaging_starts_at_start_step_from_the_weights_of_then(tmp_path: Any) -> None:
+    record = RecordWeights()
+    fit(Regression(), record, EMA(decay=0.5, start_step=3), ModelCheckpoint(dirpath=tmp_path, save_last=True), max_steps=7)
+    expected = record.weights[3]  # after the 4th step (index 3): the copy, then the EMA
+    for weights in record.weights[4:]:
+        expected = 0.5 * expected + 0.5 * weights
+    assert torch.allclose(last_checkpoint(tmp_path)["state_dict"]["layer.weight"], expected)
+
+
+def test_before_averaging_starts_the_average_is_the_current_weights(tmp_path: Any) -> None:
+    """A run shorter than ``start_step`` keeps what it trained, not the weights it started from."""
+    module = Regression()
+    initial = module.layer.weight.detach().clone()
+    fit(module, EMA(decay=0.5, start_step=100), ModelCheckpoint(dirpath=tmp_path, save_last=True), max_steps=7)
+    checkpoint = last_checkpoint(tmp_path)
+    trained = checkpoint["current_model_state"]["layer.weight"]
+    assert torch.equal(checkpoint["state_dict"]["layer.weight"], trained) and not torch.equal(trained, initial)
+    assert torch.equal(module.layer.weight.detach(), trained)  # the end of fit copies the average in
 
 
 def test_an_interval_save_at_the_last_step_is_not_repeated(tmp_path: Any) -> None:
