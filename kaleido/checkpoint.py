@@ -71,8 +71,9 @@ def load(
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
     has_average = holds_average(checkpoint)
-    loaded: Weights = "averaged" if weights == "averaged" and has_average else "trained"
-    model.load_state_dict(checkpoint["current_model_state" if loaded == "trained" and has_average else "state_dict"])
+    key = "current_model_state" if has_average and weights == "trained" else "state_dict"
+    model.load_state_dict(checkpoint[key])
+    loaded: Weights = "averaged" if has_average and weights == "averaged" else "trained"
     model.loaded_weights = loaded  # what samples and metrics record, rather than what was asked for
     return model.to(map_location).eval()  # type: ignore[return-value]
 
