@@ -7,7 +7,6 @@
 from kaleido.__about__ import __version__
 from kaleido.checkpoint import load
 from kaleido.data.folder import ImageFolderDataModule
-from kaleido.data.shapes_datamodule import ShapesDataModule
 from kaleido.extract import extract
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
@@ -19,7 +18,6 @@ __all__ = [
     "ImageFolderDataModule",
     "Kaleido",
     "LatentPrior",
-    "ShapesDataModule",
     "VQTokenizer",
     "__version__",
     "extract",

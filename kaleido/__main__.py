@@ -3,8 +3,9 @@
     fit | validate | test   LightningCLI (``--config configs/...yaml``)
     sample                  images from a checkpoint
     latents                 the registered latent types and where each comes from
-    extract                 a latent type's latents for an image folder, into latents/<type>.jsonl (docs/data.md)
-    evaluate                FID, precision / recall, diversity, mode coverage over CFG scales (docs/evaluation.md)
+    extract                 a latent type's latents for an image folder or a data module, into <type>.jsonl (docs/data.md)
+    evaluate                FID, precision / recall, diversity, adherence, the data's own metrics over CFG scales
+    adherence               how closely a Kaleido checkpoint's samples follow their latents, per type
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def latents() -> None:
@@ -29,7 +30,7 @@ def latents() -> None:
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
-    commands = ("sample", "latents", "extract", "evaluate", "report")
+    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command in commands:
         from jsonargparse import CLI
 
+        from kaleido.adherence import adherence
         from kaleido.evaluate import evaluate
         from kaleido.extract import extract
         from kaleido.metrics.report import merge_reports
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
         try:
             functions = {
-                "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "report": merge_reports
+                "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
+                "report": merge_reports,
             }
             CLI(functions[command], args=rest, as_positional=False)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:  # bad input: say what, no traceback

@@ -1,6 +1,6 @@
 """Callbacks: EMA of the weights, a learning-rate cooldown at the end of a step or time budget, checkpoints
-that keep a run's last steps, and sample grids (with their latent text, boxes and blobs drawn) and latent
-adherence during validation."""
+that keep a run's last steps, and sample grids (with their latent text, and latents drawn by the types
+that draw) and latent adherence during validation."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from kaleido.metrics.adherence import Readers, adherence_readers, latent_adherence
 from kaleido.modules.base import ConditionalDiffusion
-from kaleido.viz import has_geometry, image_grid, samples_grid
+from kaleido.viz import draws, image_grid, samples_grid
 
 
 class EMA(WeightAveraging):
@@ -35,13 +37,23 @@ class EMA(WeightAveraging):
     def __init__(self, decay: float = 0.9999, start_step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        super().__init__(multi_avg_fn=self._average, use_buffers=True)
         self.decay, self.start_step = decay, start_step
+        self._ema = get_ema_multi_avg_fn(decay)
+        self._copying = True  # whether this step's update copies the weights (optimiser steps up to start_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self._average_model is not None and trainer.global_step - 1 <= self.start_step:
-            self._average_model.n_averaged.zero_()  # an update at count 0 copies the weights
+        self._copying = trainer.global_step - 1 <= self.start_step  # the index of the step just taken
         super().on_train_batch_end(trainer, pl_module, *args)
+
+    def _average(self, averaged: list[Any], current: list[Any], num_averaged: Any) -> None:
+        # The `multi_avg_fn` of torch's AveragedModel, called by WeightAveraging after each optimiser step
+        # but the first (which copies); it receives detached tensors.
+        if self._copying:
+            for average, weight in zip(averaged, current):
+                average.copy_(weight)
+        else:
+            self._ema(averaged, current, num_averaged)
 
 
 class Cooldown(Callback):
@@ -85,7 +97,8 @@ class Cooldown(Callback):
 
     @staticmethod
     def _timer(trainer: Trainer) -> Timer | None:
-        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration is not None), None)  # type: ignore[attr-defined]
+        """The Timer that ``max_time`` set up (a Timer without a duration has no time remaining)."""
+        return next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining("train") is not None), None)
 
     def progress(self, trainer: Trainer) -> float:
         """How far training is, in [0, 1]: the larger of the step and the time shares."""
@@ -95,7 +108,9 @@ class Cooldown(Callback):
             shares.append(trainer.global_step / total_steps)
         timer = self._timer(trainer)
         if timer is not None:
-            shares.append(timer.time_elapsed("train") / timer._duration)  # type: ignore[attr-defined]
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train") or 0.0
+            if elapsed + remaining > 0:  # the duration, from Timer's public API
+                shares.append(elapsed / (elapsed + remaining))
         return min(1.0, max(shares))
 
     def factor_at(self, progress: float) -> float:
@@ -131,21 +146,40 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
         out_of_steps = 0 < trainer.max_steps <= trainer.global_step
-        # Lightning's own helpers (private in 2.x), so `save_last: link`, naming and the skip rules stay its own.
-        if self.save_last and (trainer.should_stop or out_of_steps) and not self._should_skip_saving_checkpoint(trainer):
+        if self.save_last and (trainer.should_stop or out_of_steps):
+            self._save_last_now(trainer)
+
+    def _save_last_now(self, trainer: Trainer) -> None:
+        """Write ``last.ckpt`` for the current step unless this step is already saved (or not fitting).
+
+        The only use of Lightning's private ModelCheckpoint helpers here, checked against Lightning 2.6.6:
+        no public method saves "last" on demand. ``on_train_end`` does it only when no checkpoint was
+        saved yet; ``trainer.save_checkpoint`` would bypass the version counter, ``last_model_path``,
+        removal of the previous last file and the already-saved-this-step check, which these helpers
+        keep Lightning's own. (With ``save_last: link`` the helper links ``last.ckpt`` to the latest
+        interval checkpoint, so that mode still loses the steps after it.)
+        """
+        if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class LogSamples(Callback):
     """Every ``every_n_epochs`` validation epochs, sample ``samples_per_condition`` images for each
-    condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table (and, when z
-    has boxes or blobs, the grid with them drawn over each image); if ``adherence`` is set, also log
-    each latent type's adherence as ``val/adherence/<type>/<measure>`` (shapes latents: see
-    :func:`kaleido.metrics.adherence.latent_adherence`; e.g. ``val/adherence/text/objects``)."""
+    condition with fixed seeds, log the grid to TensorBoard and the latent texts as a table (and, when a
+    latent type draws its latents, the grid with them drawn over each image); if ``adherence`` is set,
+    also log each latent type's adherence as ``val/adherence/<type>/<measure>`` (the types' ``adherence``
+    hooks, read back by the data set's or the type's extractor: :mod:`kaleido.metrics.adherence`; e.g.
+    ``val/adherence/text/objects``). Types that cannot be measured are skipped with one line each.
+
+    Args:
+        conditions: the conditions to sample; default: the first ``num_conditions`` distinct conditions
+            of the data's validation split (its training split if it has none).
+        num_conditions: how many distinct conditions the default takes.
+    """
 
     def __init__(
         self,
-        conditions: Sequence[str] = ("a circle", "a square", "a triangle"),
+        conditions: Sequence[str] | None = None,
         samples_per_condition: int = 8,
         cfg_scale: float | None = None,
         sampler: str | None = None,
@@ -153,24 +187,38 @@ class LogSamples(Callback):
         every_n_epochs: int = 1,
         seed: int = 0,
         adherence: bool = False,
+        num_conditions: int = 3,
     ) -> None:
-        self.conditions = [c for c in conditions for _ in range(samples_per_condition)]
-        self.samples_per_condition = samples_per_condition
+        self.conditions = list(conditions) if conditions is not None else None
+        self.samples_per_condition, self.num_conditions = samples_per_condition, num_conditions
         self.cfg_scale, self.sampler, self.num_steps = cfg_scale, sampler, num_steps
         self.every_n_epochs, self.seed, self.adherence = every_n_epochs, seed, adherence
+        self.readers: Readers | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Refuse, before training starts, latent types no adherence measure knows (not hours later)."""
-        if not (self.adherence and isinstance(pl_module, ConditionalDiffusion)):
+        """Choose the conditions, and the adherence readers, before training starts (not hours later)."""
+        if not isinstance(pl_module, ConditionalDiffusion):
             return
-        from kaleido.metrics.adherence import MEASURED
+        data = getattr(trainer, "datamodule", None)
+        if self.conditions is None:
+            self.conditions = self._data_conditions(data)
+        if self.adherence and pl_module.uses_latents and self.readers is None:
+            self.readers = adherence_readers(pl_module.tokenizer.latent_types, data)
+            for note in self.readers.notes():
+                rank_zero_info(f"LogSamples: {note}")
 
-        unknown = [n for n in pl_module.tokenizer.latent_names if n not in MEASURED]
-        if unknown:
-            raise ValueError(
-                f"LogSamples(adherence=true) has no measure for latent types {unknown}; measured are "
-                f"{list(MEASURED)}. Set adherence: false for these types"
-            )
+    def _data_conditions(self, data: object) -> list[str]:
+        for split in ("val", "train"):
+            try:
+                found = list(dict.fromkeys(data.conditions(split)))[: self.num_conditions]  # type: ignore[attr-defined]
+            except (AttributeError, KeyError, ValueError):  # no such method or split
+                continue
+            if found:
+                return found
+        raise ValueError(
+            "LogSamples has no conditions to sample: give conditions: [...], or use a data module with "
+            "conditions(split) (the data contract, docs/data.md)"
+        )
 
     def _after_weight_averaging(self, trainer: Trainer) -> bool:
         """Whether an ``EMA`` (``WeightAveraging``) callback runs before this one. It swaps the averaged
@@ -194,19 +242,14 @@ class LogSamples(Callback):
             return
         if trainer.current_epoch % self.every_n_epochs or not trainer.is_global_zero:
             return
+        conditions = [c for c in self.conditions or () for _ in range(self.samples_per_condition)]
         out = pl_module.generate(
-            self.conditions, cfg_scale=self.cfg_scale, sampler=self.sampler, num_steps=self.num_steps, seed=self.seed
+            conditions, cfg_scale=self.cfg_scale, sampler=self.sampler, num_steps=self.num_steps, seed=self.seed
         )
-        if self.adherence and out.latent_texts is not None:
-            from kaleido.metrics.adherence import latent_adherence
-
-            scores = latent_adherence(out.images, out.latent_texts, pl_module.tokenizer.latent_types)
-            values = {
-                f"val/adherence/{name}/{field}": float(value)
-                for name, score in scores.items()
-                for field, value in vars(score).items()
-                if field != "count"
-            }
+        if self.readers is not None and self.readers.extractors and out.latent_texts is not None:
+            types = pl_module.tokenizer.latent_types
+            scores = latent_adherence(out.images, out.latent_texts, types, self.readers.extractors, out.conditions)
+            values = {f"val/adherence/{name}/{k}": float(v) for name, score in scores.items() for k, v in score.flat().items()}
             pl_module.log_dict(values, rank_zero_only=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -218,7 +261,7 @@ class LogSamples(Callback):
                     table = "| # | condition | latent z |\n|---|---|---|\n" + "\n".join(rows)
                     logger.experiment.add_text("samples/latents", table, step)
                     types = pl_module.tokenizer.latent_types
-                    if any(has_geometry(t) for t in types):
+                    if any(draws(t) for t in types):
                         drawn = samples_grid(
                             out.images, out.latent_texts, types, self.samples_per_condition, captions=False
                         )

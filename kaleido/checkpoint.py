@@ -14,24 +14,11 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from kaleido.modules.common import CHECKPOINT_KEY
+from kaleido.checkpoint_io import CHECKPOINT_KEY, read_checkpoint
 from kaleido.tokenizer import KaleidoTokenizer
 
 Weights = Literal["averaged", "trained"]  # the EMA average, or the optimiser's own weights kept beside it
 M = TypeVar("M", bound=LightningModule)
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise ValueError(
-            f"{path} is not a kaleido checkpoint (it has no {CHECKPOINT_KEY!r} record); kaleido.load reads "
-            "checkpoints written by `python -m kaleido fit` (Kaleido, DiffusionModel, LatentPrior or VQTokenizer)"
-        )
-    return checkpoint
 
 
 def holds_average(checkpoint: dict[str, Any]) -> bool:

@@ -1,126 +1,60 @@
 """``python -m kaleido evaluate``: Kaleido against the baseline over a sweep of CFG scales (docs/evaluation.md).
 
 For each model and scale: FID against cached statistics of the training images, improved precision
-and recall (k = 3), Vendi score and mean pairwise similarity; on ``shapes`` also mode coverage and,
-for Kaleido, latent adherence (text, box and blob latents). Writes ``metrics.json``, ``metrics.csv``,
+and recall (k = 3), Vendi score and mean pairwise similarity; the data set's own sample metrics where it
+has them (``sample_metrics``: mode coverage on ``shapes``); for Kaleido, the adherence of every latent type
+that can be measured (:mod:`kaleido.metrics.adherence`). Writes ``metrics.json``, ``metrics.csv``,
 ``fid_vs_cfg.png``, ``recall_vs_cfg.png`` and ``grids/<model>_cfg<scale>.png``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from kaleido.checkpoint import Weights, load
-from kaleido.data.folder import ImageFolderDataModule
-from kaleido.data.shapes import ShapesDataset, condition_text
-from kaleido.data.shapes_datamodule import ShapesDataModule
+from kaleido.data.contract import checkpoint_datamodule, require_data, sample_metrics
 from kaleido.metrics import (
     ReferenceStatsCache,
     build_feature_extractor,
     extract_features,
     mean_pairwise_similarity,
     precision_recall,
-    shapes_mode_coverage,
     vendi_score,
 )
-from kaleido.metrics.adherence import latent_adherence
+from kaleido.metrics.adherence import adherence_readers, latent_adherence
 from kaleido.metrics.report import write_report
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
-from kaleido.viz import save_grid
+from kaleido.viz import samples_grid, save_grid
 
-# Latent types whose adherence the shapes parser measures (visual tokens need the VQ model: not here).
-PARSED_LATENTS = {"text", "box", "blob"}
+
 def default_reference_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaleido" / "reference"
 
 
-# -- the data a checkpoint was trained on -----------------------------------------------------------
-def build_datamodule(config_path: Path) -> LightningDataModule:
-    """The data module of a LightningCLI ``config.yaml`` (its ``data:`` section) or of a YAML that is
-    just that section (``class_path`` + ``init_args``)."""
-    from jsonargparse import ArgumentParser
-
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no data config at {config_path}")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    section = config.get("data", config) if isinstance(config, dict) else None
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise ValueError(f"{config_path} has no data module (a 'data:' section with class_path / init_args)")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--data", type=LightningDataModule)
-    return parser.instantiate(parser.parse_object({"data": section})).data
-
-
-def checkpoint_datamodule(ckpt_path: Path, image_size: int, data_config: Path | None) -> LightningDataModule:
-    """``data_config`` if given; else the ``config.yaml`` LightningCLI wrote beside the checkpoint
-    (``version_N/config.yaml`` for ``version_N/checkpoints/*.ckpt``); else the default ``shapes`` data
-    when its image size matches the model's (checkpoints do not store data settings)."""
-    if data_config is not None:
-        return build_datamodule(data_config)
-    for candidate in (ckpt_path.parent / "config.yaml", ckpt_path.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            return build_datamodule(candidate)
-    default = ShapesDataModule()
-    if default.image_size != image_size:
-        raise ValueError(
-            f"cannot tell which data {ckpt_path} was trained on: there is no config.yaml beside it and its image "
-            f"size {image_size} is not the default shapes data's {default.image_size}; pass --data_config CONFIG.yaml"
+def evaluation_data(ckpt_path: Path, data_config: Path | None, command: str) -> LightningDataModule:
+    """The data a checkpoint was trained on (:func:`kaleido.data.contract.checkpoint_datamodule`),
+    checked against the data contract."""
+    datamodule = checkpoint_datamodule(ckpt_path, data_config)
+    if datamodule is None:
+        raise FileNotFoundError(
+            f"cannot tell which data {ckpt_path} was trained on: there is no config.yaml beside it or one folder up "
+            "(LightningCLI writes one there); pass --data_config CONFIG.yaml (a training config, or its data section)"
         )
-    print(f"note: no config.yaml beside {ckpt_path}; using the default shapes data (ShapesDataModule())")
-    return default
-
-
-def data_key(datamodule: LightningDataModule) -> str:
-    """What identifies the training images (not the latents): the reference-cache key."""
-    if isinstance(datamodule, ShapesDataModule):
-        settings = {"shapes": asdict(datamodule.shapes), "seed": datamodule.seed, "num_train": datamodule.num_train}
-        name = f"shapes-{datamodule.image_size}px-train{datamodule.num_train}"
-    elif isinstance(datamodule, ImageFolderDataModule):
-        settings = {
-            "root": str(datamodule.root.resolve()),
-            "image_size": datamodule.image_size,
-            "val_fraction": datamodule.val_fraction,
-            "num_train": len(datamodule.load()["train"]),
-        }
-        name = f"folder-{datamodule.root.name}-{datamodule.image_size}px"
-    else:
-        raise TypeError(
-            f"evaluate reads ShapesDataModule or ImageFolderDataModule data, got {type(datamodule).__name__}"
-        )
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{name}-{digest}"
-
-
-def training_images(datamodule: LightningDataModule) -> Dataset:
-    if isinstance(datamodule, ShapesDataModule):
-        return datamodule.shapes_split("train")  # the bare scenes: extracting their latents is not needed here
-    return datamodule.dataset("train")  # type: ignore[attr-defined]
-
-
-def training_conditions(datamodule: LightningDataModule, count: int) -> list[str]:
-    """The conditions of the first ``count`` training items (fewer if the data has fewer)."""
-    if isinstance(datamodule, ShapesDataModule):
-        shapes: ShapesDataset = training_images(datamodule)  # type: ignore[assignment]
-        return [condition_text(shapes.scene(i)) for i in range(min(count, len(shapes)))]
-    return [item.condition for item in datamodule.load()["train"][:count]]  # type: ignore[attr-defined]
+    return require_data(datamodule, command)
 
 
 def _stack_images(items: list[dict[str, Any]]) -> Tensor:
@@ -167,7 +101,7 @@ def sample_sweep(
 
 
 def _check_arguments(
-    cfg_scales: Sequence[float], num_samples: int, steps: int, batch_size: int, min_share: float
+    cfg_scales: Sequence[float], num_samples: int, steps: int, batch_size: int
 ) -> None:
     if not cfg_scales:
         raise ValueError("--cfg_scales is empty; give at least one scale, e.g. --cfg_scales [1,2,4,8]")
@@ -177,8 +111,6 @@ def _check_arguments(
         )
     if steps < 1 or batch_size < 1:
         raise ValueError(f"--steps and --batch_size must be >= 1, got {steps} and {batch_size}")
-    if not 0.0 < min_share <= 1.0:
-        raise ValueError(f"--min_share must be in (0, 1], got {min_share}")
 
 
 def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
@@ -244,7 +176,6 @@ def evaluate(
     num_reference: int | None = None,
     conditions: list[str] | None = None,
     data_config: Path | None = None,
-    min_share: float = 0.05,
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
     num_workers: int = 0,
@@ -273,8 +204,8 @@ def evaluate(
         reference_cache: where reference statistics are cached (default ~/.cache/kaleido/reference).
         num_reference: training images behind the FID statistics (default: all of them).
         conditions: condition texts, cycled to num_samples (default: the training items' conditions, in order).
-        data_config: the training config (or its data section) when no config.yaml lies beside the checkpoint.
-        min_share: a mode counts as covered when it holds at least this share of the samples (shapes).
+        data_config: the training config (or its data section); used instead of the config.yaml beside
+            the checkpoint (which is the default).
         device: "auto" (CUDA if available), "cpu" or "cuda".
         precision: "bf16" samples under bfloat16 autocast (features stay float32).
         num_workers: loader workers that render / read the reference images.
@@ -289,13 +220,13 @@ def evaluate(
     """
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
-    _check_arguments(cfg_scales, num_samples, steps, batch_size, min_share)
+    _check_arguments(cfg_scales, num_samples, steps, batch_size)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name, weights)
     models = {key: model for key, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size
-    datamodules = {key: checkpoint_datamodule(path, image_size, data_config) for key, (_, path) in loaded.items()}
-    keys = {key: data_key(dm) for key, dm in datamodules.items()}
+    datamodules = {key: evaluation_data(path, data_config, "evaluate") for key, (_, path) in loaded.items()}
+    keys = {key: dm.identity() for key, dm in datamodules.items()}  # type: ignore[operator]
     if len(set(keys.values())) > 1:
         raise ValueError(
             f"the checkpoints were trained on different data ({keys}); pass --data_config to measure both against one"
@@ -303,24 +234,19 @@ def evaluate(
     datamodule, key = next(iter(datamodules.values())), next(iter(keys.values()))
     if datamodule.image_size != image_size:  # type: ignore[attr-defined]
         raise ValueError(f"the data makes {datamodule.image_size}px images, the models {image_size}px")  # type: ignore[attr-defined]
-    source = conditions if conditions else training_conditions(datamodule, num_samples)
+    source = conditions if conditions else datamodule.conditions("train", num_samples)  # type: ignore[operator]
     if not source:
         raise ValueError("no conditions: the data is empty and --conditions was not given")
     prompts = list(islice(cycle(source), num_samples))
 
     extractor = build_feature_extractor(feature_extractor, feature_weights).to(device)
-    train = training_images(datamodule)
+    train = datamodule.images("train")  # type: ignore[operator]
     cache = ReferenceStatsCache(reference_cache or default_reference_cache())
     reference = cache.get_or_compute(
         key, extractor, lambda: image_batches(train, num_reference, batch_size, num_workers), num_reference
     )
     # Precision / recall compare sets of equal size: the first num_samples training images.
     real = extract_features(extractor, image_batches(train, num_samples, batch_size, num_workers))
-    is_shapes = isinstance(datamodule, ShapesDataModule)
-    # Mode coverage compares against the ground truth of the same training items as FID.
-    data_scenes = [train.scene(i) for i in range(min(num_reference or len(train), len(train)))] if is_shapes else []  # type: ignore[attr-defined]
-    data_conditions = [condition_text(scene) for scene in data_scenes]
-
     output.mkdir(parents=True, exist_ok=True)
     (output / "grids").mkdir(exist_ok=True)
     autocast = (
@@ -331,6 +257,9 @@ def evaluate(
     rows, details = [], {}
     progress = tqdm(total=len(models) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
     for model_name, model in models.items():
+        readers = adherence_readers(model.tokenizer.latent_types if model.uses_latents else [], datamodule, device)
+        for note in readers.notes():
+            print(f"{model_name}: {note}")
         for scale in cfg_scales:
             progress.set_postfix(model=model_name, cfg=scale)
             start = time.perf_counter()
@@ -338,7 +267,11 @@ def evaluate(
                 model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile
             )
             seconds = time.perf_counter() - start
-            save_grid(images[:64], str(output / "grids" / f"{model_name}_cfg{scale:g}.png"), nrow=8, upscale=2)
+            grid = output / "grids" / f"{model_name}_cfg{scale:g}.png"
+            if texts is None:
+                save_grid(images[:64], str(grid), nrow=8, upscale=2)
+            else:  # with each z drawn over its sample by the types that draw
+                samples_grid(images[:64], texts[:64], model.tokenizer.latent_types, ncols=8, upscale=2, captions=False).save(grid)
             fake = extract_features(extractor, images, batch_size)
             pr = precision_recall(real, fake, k=3)
             row: dict[str, Any] = {
@@ -351,16 +284,14 @@ def evaluate(
                 "vendi": vendi_score(fake),
                 "mean_similarity": mean_pairwise_similarity(fake),
             }
-            if is_shapes:
-                coverage = shapes_mode_coverage(images, prompts, data_scenes, data_conditions, min_share)
-                row.update(coverage.summary())
-                details[f"{model_name}_cfg{scale:g}"] = {
-                    c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()
-                }
-                if texts is not None and set(model.tokenizer.latent_names) <= PARSED_LATENTS:
-                    scores = latent_adherence(images, texts, model.tokenizer.latent_types)
-                    for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
-                        row.update({f"adherence_{kind}_{k}": v for k, v in asdict(score).items() if k != "count"})
+            measured = sample_metrics(datamodule, images, prompts)  # e.g. mode coverage on shapes
+            if measured is not None:
+                row.update(measured[0])
+                details[f"{model_name}_cfg{scale:g}"] = measured[1]
+            if texts is not None and readers.extractors:
+                scores = latent_adherence(images, texts, model.tokenizer.latent_types, readers.extractors, prompts, batch_size)
+                for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
+                    row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
             rows.append({**row, "sampling_seconds": round(seconds, 2)})
     progress.close()
 
@@ -378,7 +309,6 @@ def evaluate(
             "precision": precision,
             "weights": weights,
             "loaded_weights": {key: model.loaded_weights for key, (model, _) in loaded.items()},
-            "min_share": min_share,
             "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
         },
         "reference": {
@@ -388,7 +318,7 @@ def evaluate(
             "precision_recall_images": len(real),
         },
         "results": rows,
-        "modes": details,
+        "sample_metrics": details,
     }
     write_report(output, report, list(models))
     print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png and grids/ ({len(rows)} runs)")

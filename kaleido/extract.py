@@ -1,6 +1,10 @@
 """``python -m kaleido extract``: run a latent type's extractor over a data set, offline, and write its
 sidecar ``latents/<type>.jsonl`` (one ``{"id", "latent"}`` line per image) for training.
 
+The images come from an image folder (``metadata.jsonl``) or from any data module that keeps the data
+contract (``images(split)``, :mod:`kaleido.data.contract`); the extractor is the one given, else the data
+set's own reading of the type (``latent_extractor``), else the type's.
+
 Resumable: images already in the sidecar are skipped, and each batch is appended and flushed, so an
 interrupted run loses at most the batch in flight. See ``docs/data.md``.
 """
@@ -18,9 +22,11 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
+from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from tqdm import tqdm
 
+from kaleido.data.contract import build_datamodule, data_extractor, require_data
 from kaleido.data.folder_format import (
     LATENTS_DIR,
     UnreadableImageError,
@@ -29,7 +35,6 @@ from kaleido.data.folder_format import (
     read_sidecar,
     sidecar_path,
 )
-from kaleido.data.shapes import ShapesConfig
 from kaleido.latents import Extractor, LatentType, build_latent_type
 
 ItemId = str | int
@@ -68,19 +73,25 @@ def folder_source(folder: Path, image_size: int | None, condition_template: str)
     ]
 
 
-def _shapes_image(dataset: Any, index: int) -> tuple[Tensor, str]:
+def _data_image(dataset: Any, index: int) -> tuple[Tensor, str]:
     item = dataset[index]
     return item["image"], item["condition"]
 
 
-def shapes_source(split: str, num_items: int | None, shapes: ShapesConfig | None, seed: int) -> list[SourceItem]:
-    """Items of the embedded shapes data, exactly those of ``ShapesDataModule(shapes, seed).dataset(split)``
-    (ids are their indices); ``num_items`` defaults to that module's size of the split."""
-    from kaleido.data.shapes_datamodule import ShapesDataModule  # late: only this source needs Lightning's module
+def data_source(datamodule: object, split: str) -> list[SourceItem]:
+    """The items of a data module's split (``images(split)``, the data contract), under their own ids."""
+    dataset = require_data(datamodule, "extract").images(split)  # type: ignore[attr-defined]
+    items = []
+    for index in range(len(dataset)):
+        item_id = _item_id(dataset, index)
+        items.append(SourceItem(item_id, f"{split} item {item_id!r}", partial(_data_image, dataset, index)))
+    return items
 
-    sizes = {} if num_items is None else {f"num_{split}": num_items}
-    dataset = ShapesDataModule(shapes=shapes, seed=seed, **sizes).dataset(split).shapes  # type: ignore[arg-type]
-    return [SourceItem(i, f"shapes {split} item {i}", partial(_shapes_image, dataset, i)) for i in range(len(dataset))]
+
+def _item_id(dataset: Any, index: int) -> ItemId:
+    """The id of item ``index`` without decoding its image where the data set can say it (``item_id``)."""
+    item_id = dataset.item_id(index) if hasattr(dataset, "item_id") else dataset[index]["id"]
+    return item_id if isinstance(item_id, str) else int(item_id)
 
 
 # -- the sidecar and the error log -----------------------------------------------------------------
@@ -204,10 +215,9 @@ def _builtin_extractor(latent_type: LatentType) -> Extractor:
 def extract(
     latent: str | dict[str, Any] | LatentType,
     folder: Path | None = None,
-    shapes_split: Literal["train", "val", "test"] | None = None,
-    num_items: int | None = None,
-    shapes: ShapesConfig | None = None,
-    seed: int = 0,
+    data_config: Path | None = None,
+    data: LightningDataModule | None = None,
+    split: str = "train",
     output: Path | None = None,
     extractor: Extractor | None = None,
     image_size: int | None = None,
@@ -223,16 +233,15 @@ def extract(
 
     Args:
         latent: the latent type: a registered name ("text", "box", ...) or a class_path spec
-            ('{"class_path": "kaleido.latents.TextLatent", "init_args": {"grammar": "shapes"}}').
+            ('{"class_path": "kaleido.latents.BoxLatent", "init_args": {"grid": 100}}').
         folder: an image folder (``metadata.jsonl`` + images; see docs/data.md). Ids are file names.
-        shapes_split: instead of a folder, the embedded shapes data's "train", "val" or "test" split,
-            the same items as ``ShapesDataModule(shapes=..., seed=...)``; ids are item indices.
-        num_items: shapes only: items of the split (default: ShapesDataModule's size of that split).
-        shapes: shapes only: the scene generator's settings (resolution, object counts, ...).
-        seed: shapes only: the data seed.
-        output: the folder of sidecars (default ``FOLDER/latents``; required with shapes_split).
-        extractor: an extractor to use instead of the latent type's built-in one, e.g. a model-backed
-            ``kaleido.latents.extractors.DetectorBoxExtractor`` with ``--extractor.model_path DIR``.
+        data_config: instead of a folder, a data module's YAML (a training config, or its ``data:``
+            section): the items of its ``split`` (``images(split)`` of the data contract), under their ids.
+        data: the same, a data module built in Python.
+        split: the data module's split.
+        output: the folder of sidecars (default ``FOLDER/latents``; required with a data module).
+        extractor: an extractor to use instead of the data set's own reading of the type or the type's
+            built-in one, e.g. ``kaleido.latents.extractors.DetectorBoxExtractor --extractor.model_path DIR``.
         image_size: folder only: resize the centre-cropped square to this side before extracting
             (default: keep its resolution). The crop is always the one training uses.
         condition_template: folder only: the condition of ``label`` metadata (as ImageFolderDataModule's).
@@ -252,27 +261,27 @@ def extract(
         raise ValueError(f"limit must be >= 0, got {limit}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if (folder is None) == (shapes_split is None):
+    if sum(source is not None for source in (folder, data_config, data)) != 1:
         raise ValueError(
             "name the images with exactly one of --folder DIR (an image folder with metadata.jsonl) "
-            "or --shapes_split train|val|test (the embedded shapes data)"
+            "or --data_config CONFIG.yaml (a data module, e.g. configs/shapes/kaleido_text.yaml) with --split"
         )
     if isinstance(latent, str) and latent.lstrip().startswith("{"):  # a class_path spec passed as JSON text
         latent = json.loads(latent)
     latent_type = build_latent_type(latent)
     if folder is not None:
-        if shapes is not None or num_items is not None:
-            raise ValueError("--shapes and --num_items are for --shapes_split, not --folder")
         items = folder_source(Path(folder), image_size, condition_template)
         directory = Path(output) if output is not None else Path(folder) / LATENTS_DIR
     else:
         if output is None:
-            raise ValueError("--shapes_split needs --output, the folder to write the sidecar to")
+            raise ValueError("a data module's latents need --output, the folder to write the sidecar to")
         if image_size is not None:
-            raise ValueError("--image_size is for --folder; shapes images have the resolution of --shapes")
-        items = shapes_source(shapes_split, num_items, shapes, seed)  # type: ignore[arg-type]
+            raise ValueError("--image_size is for --folder; a data module's images have its own size")
+        data = data if data is not None else build_datamodule(Path(data_config))  # type: ignore[arg-type]
+        items = data_source(data, split)
         directory = Path(output)
-    extractor = extractor if extractor is not None else _builtin_extractor(latent_type)
+    if extractor is None:
+        extractor = data_extractor(data, latent_type) or _builtin_extractor(latent_type)
 
     directory.mkdir(parents=True, exist_ok=True)
     path = sidecar_path(directory, latent_type)
@@ -307,4 +316,4 @@ def extract(
     return path
 
 
-__all__ = ["ExtractionError", "SourceItem", "extract", "extract_batch", "folder_source", "shapes_source", "validated_text"]
+__all__ = ["ExtractionError", "SourceItem", "data_source", "extract", "extract_batch", "folder_source", "validated_text"]

@@ -11,7 +11,7 @@ import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.modules.base import ConditionalDiffusion
-from kaleido.viz import save_grid, to_pil
+from kaleido.viz import samples_grid, save_grid, to_pil
 
 
 def sample(
@@ -30,7 +30,8 @@ def sample(
     weights: Weights = "averaged",
 ) -> Path:
     """Sample ``num_samples`` images for one condition and write ``OUTPUT/grid.png``, one PNG per
-    image and ``OUTPUT/samples.jsonl`` (condition, latent text used, image file, settings).
+    image and ``OUTPUT/samples.jsonl`` (condition, latent text used, image file, settings); for Kaleido
+    also ``OUTPUT/latents.png``, each image with its z drawn over it (types that draw) and written under it.
 
     Args:
         ckpt_path: a checkpoint of a Kaleido or DiffusionModel (baseline) model.
@@ -63,6 +64,8 @@ def sample(
         )
     output.mkdir(parents=True, exist_ok=True)
     save_grid(out.images, str(output / "grid.png"), upscale=2)
+    if out.latent_texts is not None:
+        samples_grid(out.images, out.latent_texts, model.tokenizer.latent_types).save(output / "latents.png")
     settings = {
         "cfg_scale": model.sampling.cfg_scale if cfg_scale is None else cfg_scale,
         "sampler": sampler or model.sampling.sampler,
@@ -77,5 +80,6 @@ def sample(
             z = out.latent_texts[index] if out.latent_texts is not None else None
             record = {"index": index, "condition": condition, "latent": z, "latent_given": latent is not None, "image": name}
             lines.write(json.dumps({**record, **settings}) + "\n")
-    print(f"wrote {num_samples} samples to {output}/ (grid.png, samples.jsonl)")
+    drawn = ", latents.png" if out.latent_texts is not None else ""
+    print(f"wrote {num_samples} samples to {output}/ (grid.png{drawn}, samples.jsonl)")
     return output

@@ -157,10 +157,6 @@ class KaleidoTokenizer:
         """Editable texts by type name → decoder target ids: ``<z:a> a... <z:b> b... </s>``."""
         return self._encode_latent(texts, geometry=False, sampled=False)[0]
 
-    def encode_latents(self, latents: Sequence[Mapping[str, Any]]) -> tuple[Tensor, Tensor]:
-        """Ids and mask only; :meth:`latent_batch` also gives the geometry features."""
-        return self.pad([self.encode_latent_texts(self.format_latents(z)) for z in latents])
-
     @property
     def geometry_width(self) -> int:
         """``G``: the widest geometry vector among the latent types; 0 when no type uses geometry."""
@@ -290,6 +286,21 @@ class KaleidoTokenizer:
             f"KaleidoTokenizer(vocab_size={self.vocab_size}, latent_types={self.latent_names}, "
             f"max_condition_length={self.max_condition_length}, max_latent_length={self.max_latent_length})"
         )
+
+
+def read_latent_segments(text: str, names: Sequence[str]) -> dict[str, str | None]:
+    """The parts of a joined editable z (:meth:`KaleidoTokenizer.join_latent_texts`) by type name, leniently
+    and without parsing them (``split_latent_text`` validates): one type's text is the whole text, several
+    are lines ``name: text``; a missing part is ``None``. A sample whose text part is garbled still has its
+    boxes drawn and measured."""
+    if len(names) == 1:
+        return {names[0]: text}
+    parts: dict[str, str | None] = dict.fromkeys(names)
+    for line in text.splitlines():
+        name, sep, body = line.partition(":")
+        if sep and name.strip() in parts and parts[name.strip()] is None:
+            parts[name.strip()] = body.strip()
+    return parts
 
 
 def build_tokenizer(

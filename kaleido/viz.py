@@ -1,9 +1,6 @@
 """Turning samples into pictures (shared by the CLI, TensorBoard and the notebooks): uint8 conversion and
-grids; box and blob latents drawn over images; captions and labelled grids. PIL only, no plotting library.
-
-Geometry follows ``docs/latents.md``: normalised coordinates, ``x`` right, ``y`` down, angles in degrees
-from +x towards +y (clockwise on screen).
-"""
+grids; latents drawn over images by their types' ``draw`` hooks; captions and labelled grids. PIL only,
+no plotting library."""
 
 from __future__ import annotations
 
@@ -16,13 +13,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from kaleido.latents.base import LatentParseError, LatentType
-from kaleido.latents.blob import BlobLatent
-from kaleido.latents.box import BoxLatent
+from kaleido.latents import LatentType, implements
+from kaleido.latents.drawing import Color
+from kaleido.tokenizer import read_latent_segments
 
-Color = tuple[int, int, int]
-# Outline colours: saturated hues none of the shapes colours or backgrounds use, one per object.
-PALETTE: tuple[Color, ...] = ((255, 0, 255), (0, 255, 255), (120, 255, 0), (255, 150, 200))
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
 
@@ -52,83 +46,31 @@ def save_grid(images: Tensor, path: str, nrow: int | None = None, upscale: int =
     Image.fromarray(image_grid(images, nrow, upscale=upscale).permute(1, 2, 0).numpy()).save(path)
 
 
-# -- geometry over images -------------------------------------------------------------------------
-def draw_box(image: Image.Image, box: Sequence[float], color: Color = PALETTE[0], width: int = 1) -> None:
-    """Outline a normalised box ``(x1, y1, x2, y2)`` (edges) in place, on the border pixels of the pixels it
-    covers. Edges are rounded to the nearest pixel edge: grid rounding puts them a hair off."""
-    x1, y1, x2, y2 = box
-    width_px, height_px = image.size
-    left, top = min(_edge(x1, width_px), width_px - 1), min(_edge(y1, height_px), height_px - 1)
-    right, bottom = max(_edge(x2, width_px) - 1, left), max(_edge(y2, height_px) - 1, top)
-    ImageDraw.Draw(image).rectangle((left, top, right, bottom), outline=color, width=width)
+# -- latents over images --------------------------------------------------------------------------
+def draws(latent_type: LatentType) -> bool:
+    """Whether the type draws its latents over images (its ``draw`` hook)."""
+    return implements(latent_type, "draw")
 
 
-def _edge(value: float, size: int) -> int:
-    """A normalised coordinate → the nearest pixel edge, ``0..size``."""
-    return min(max(round(value * size), 0), size)
-
-
-def draw_ellipse(
-    image: Image.Image, ellipse: Sequence[float], color: Color = PALETTE[0], width: int = 1, fill: Color | None = None
-) -> None:
-    """Draw a normalised ellipse ``(cx, cy, a, b, theta)`` in place: semi-axis ``a`` along ``theta`` degrees
-    (clockwise on screen), ``b`` across it. A polygon, since PIL's own ellipses cannot rotate."""
-    cx, cy, a, b, theta = (float(v) for v in ellipse)
-    cos_t, sin_t = math.cos(math.radians(theta)), math.sin(math.radians(theta))
-    n = max(16, math.ceil(2 * math.pi * max(a * image.width, b * image.height)))  # ~one vertex per pixel of perimeter
-    points = []
-    for k in range(n):
-        u, v = a * math.cos(2 * math.pi * k / n), b * math.sin(2 * math.pi * k / n)
-        x, y = cx + u * cos_t - v * sin_t, cy + u * sin_t + v * cos_t
-        points.append((math.floor(x * image.width), math.floor(y * image.height)))  # the pixel holding the point
-    ImageDraw.Draw(image).polygon(points, outline=color, fill=fill, width=width)
-
-
-def has_geometry(latent_type: LatentType) -> bool:
-    """Whether :func:`draw_latent` draws this type (boxes and blobs)."""
-    return isinstance(latent_type, (BoxLatent, BlobLatent))
-
-
-def draw_latent(
-    image: Image.Image, latent_type: LatentType, latent: str | Sequence[object], width: int = 1
-) -> Image.Image:
-    """A copy of ``image`` with the objects of a box or blob latent (text or objects) drawn over it, one
-    palette colour per object; other types, and text that does not parse, leave it unchanged."""
+def draw_latent(image: Image.Image, latent_type: LatentType, latent: str | object) -> Image.Image:
+    """A copy of ``image`` with a latent (its text or its object) drawn over it by the type's ``draw``
+    hook; a type without one, and text that does not parse, leave it unchanged."""
     image = image.copy()
-    if not has_geometry(latent_type):
+    if not draws(latent_type):
         return image
     try:
-        objects = latent_type.parse(latent) if isinstance(latent, str) else latent_type.canonical(latent)  # type: ignore[attr-defined]
-    except (LatentParseError, ValueError, TypeError):
-        return image
-    draw = draw_box if isinstance(latent_type, BoxLatent) else draw_ellipse
-    for index, obj in enumerate(objects):
-        draw(image, latent_type.to_normalised(obj), PALETTE[index % len(PALETTE)], width)  # type: ignore[attr-defined,operator]
+        latent_type.draw(image, latent_type.parse(latent) if isinstance(latent, str) else latent)
+    except (ValueError, TypeError):  # LatentParseError: a sampled z need not parse
+        pass
     return image
 
 
-def latent_segments(text: str, names: Sequence[str]) -> dict[str, str]:
-    """The joined editable z (``name: text`` per line, or the bare text of a single type) by type, without
-    validation (``KaleidoTokenizer.split_latent_text`` validates): a sample whose text segment is garbled
-    still has its boxes drawn."""
-    if len(names) == 1:
-        return {names[0]: text}
-    segments: dict[str, str] = {}
-    for line in text.split("\n"):
-        name, sep, body = line.partition(":")
-        if sep and name.strip() in names:
-            segments[name.strip()] = body.strip()
-    return segments
-
-
-def draw_latents(
-    image: Image.Image, latent_text: str, latent_types: Sequence[LatentType], width: int = 1
-) -> Image.Image:
-    """:func:`draw_latent` for every box or blob segment of a joined editable z."""
-    segments = latent_segments(latent_text, [t.name for t in latent_types])
+def draw_latents(image: Image.Image, latent_text: str, latent_types: Sequence[LatentType]) -> Image.Image:
+    """:func:`draw_latent` for every segment of a joined editable z."""
+    segments = read_latent_segments(latent_text, [t.name for t in latent_types])
     for latent_type in latent_types:
-        if latent_type.name in segments:
-            image = draw_latent(image, latent_type, segments[latent_type.name], width)
+        if segments[latent_type.name] is not None:
+            image = draw_latent(image, latent_type, segments[latent_type.name])
     return image
 
 
@@ -202,8 +144,8 @@ def samples_grid(
     captions: bool = True,
     title: str | None = None,
 ) -> Image.Image:
-    """Generated images ([N, 3, H, W] in [-1, 1]) upscaled, each with its z's boxes and blobs drawn over it
-    and (if ``captions``) its editable z written under it."""
+    """Generated images ([N, 3, H, W] in [-1, 1]) upscaled, each with its z drawn over it (types with a
+    ``draw`` hook: boxes, blobs) and (if ``captions``) its editable z written under it."""
     pictures = [to_pil(image, upscale) for image in images]
     if latent_texts is not None:
         pictures = [draw_latents(p, z, latent_types) for p, z in zip(pictures, latent_texts)]

@@ -8,10 +8,8 @@ import pytest
 import torch
 from hypothesis import settings
 
-from kaleido.data.shapes import ShapesConfig
-from kaleido.data.shapes_datamodule import ShapesDataModule
-from kaleido.latents import TextLatent
 from kaleido.modules.settings import SamplingSettings, T5Settings, UNetSettings
+from kaleido.shapes import ShapesConfig, ShapesDataModule, ShapesTextLatent
 
 # CI replays the same examples every run: a red CI is then always reproducible.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -25,7 +23,7 @@ TINY_SAMPLING = SamplingSettings(sampler="ddim", num_steps=3)
 
 def tiny_datamodule(latents: bool = True, **kwargs: object) -> ShapesDataModule:
     settings = dict(
-        latents=[TextLatent(grammar="shapes")] if latents else [],
+        latents=[ShapesTextLatent()] if latents else [],
         shapes=ShapesConfig(resolution=16, max_objects=2),
         num_train=64,
         num_val=8,

@@ -5,10 +5,10 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 import kaleido
-from kaleido.data.shapes import COLORS, SHAPES, ShapesConfig
-from kaleido.data.shapes_parser import parse_image
-from kaleido.latents import TextLatent
 from kaleido.modules.settings import OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
+from kaleido.shapes import ShapesDataModule, ShapesTextLatent
+from kaleido.shapes.parser import parse_image
+from kaleido.shapes.scenes import COLORS, SHAPES, ShapesConfig
 
 STEPS = 600
 
@@ -18,7 +18,7 @@ def test_samples_follow_a_given_latent_better_than_chance(tmp_path) -> None:  # 
     seed_everything(0)
     # The reduced variant: one large object on black, 16×16, so that a CPU learns colour in under 2 minutes.
     shapes = ShapesConfig(resolution=16, max_objects=1, sizes=["large"], backgrounds=["black"])
-    data = kaleido.ShapesDataModule(latents=[TextLatent(grammar="shapes")], shapes=shapes, num_train=4000, batch_size=32)
+    data = ShapesDataModule(latents=[ShapesTextLatent()], shapes=shapes, num_train=4000, batch_size=32)
     model = kaleido.Kaleido(
         tokenizer=data.tokenizer,
         image_size=16,

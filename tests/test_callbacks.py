@@ -66,18 +66,27 @@ def test_final_and_shape_set_where_the_rate_ends() -> None:
     assert Cooldown(fraction=1.0, shape="sqrt").factor_at(0.25) == pytest.approx(0.5)
 
 
+class Tick(Callback):
+    """A fake training clock for Lightning's Timer: ``seconds`` pass with every optimiser step."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.now = seconds, 0.0
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.now += self.seconds
+
+
 def test_a_time_budget_drives_the_decay(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With max_time only, progress is elapsed / max_time: fake a clock that advances 1 s per reading."""
+    """With max_time only, progress is elapsed / max_time (Timer's elapsed and remaining time)."""
     from lightning.pytorch.callbacks import Timer
 
-    clock = iter(range(10_000))
-    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": float(next(clock)))
+    tick = Tick(2.5)  # listed first: the clock advances before Cooldown and Timer read it
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": tick.now)
     module = Regression(lr=0.1, warmup_steps=1)
-    fit(module, Cooldown(fraction=0.5), max_time={"seconds": 40}, max_epochs=1)  # 16 steps
-    rates = torch.tensor(module.rates)
-    assert len(rates) == 16
-    assert (rates[:8] == 0.1).all()  # progress < 0.5 while fewer than 20 fake seconds went by
-    assert (rates[8:].diff() < 0).all() and rates[-1] < 0.05  # then it falls every step
+    fit(module, tick, Cooldown(fraction=0.5), max_time={"seconds": 40}, max_steps=100)
+    assert len(module.rates) == 16  # the Timer stops training after 16 × 2.5 s
+    # Step i runs at progress i × 2.5 / 40: the full rate up to half way, then a linear fall.
+    assert module.rates == pytest.approx([0.1 * min(1.0, 2 - i / 8) for i in range(16)])
 
 
 def test_a_run_without_an_end_is_refused() -> None:
@@ -120,6 +129,18 @@ def test_last_checkpoint_holds_the_step_where_training_stopped(tmp_path: Any, st
     fit(Regression(), *stop, LightningModelCheckpoint(dirpath=stock, save_last=True, every_n_train_steps=5), max_steps=max_steps)
     assert last_checkpoint(ours)["global_step"] == (stop_at or max_steps)
     assert last_checkpoint(stock)["global_step"] == 5  # what this callback fixes: Lightning's lost steps
+
+
+def test_last_checkpoint_holds_the_step_where_max_time_stopped(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's own Timer (max_time) stopping between two interval saves."""
+    from lightning.pytorch.callbacks import Timer
+
+    tick = Tick(2.5)
+    monkeypatch.setattr(Timer, "time_elapsed", lambda self, stage="train": tick.now)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)
+    fit(Regression(), tick, checkpoint, max_time={"seconds": 17}, max_steps=100)  # stops at step 7 (17.5 s)
+    assert last_checkpoint(tmp_path)["global_step"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0-step=5.ckpt", "last.ckpt"]
 
 
 def test_last_checkpoint_keeps_raw_and_averaged_weights_apart(tmp_path: Any) -> None:

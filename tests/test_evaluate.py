@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from kaleido.__main__ import main
-from kaleido.evaluate import build_datamodule, data_key
+from kaleido.data.contract import build_datamodule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests/configs/tiny_kaleido.yaml"
@@ -80,7 +80,7 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
 
     report = json.loads((out / "metrics.json").read_text())
     assert report["reference"]["num_images"] == 64 and report["reference"]["precision_recall_images"] == 16
-    assert set(report["modes"]) == {"kaleido_cfg1", "kaleido_cfg3", "baseline_cfg1", "baseline_cfg3"}
+    assert set(report["sample_metrics"]) == {"kaleido_cfg1", "kaleido_cfg3", "baseline_cfg1", "baseline_cfg3"}
     assert len(list(cache.iterdir())) == 1  # the reference statistics, cached
 
     # The same seeds again (reference statistics now read from the cache), with the Kaleido checkpoint
@@ -186,7 +186,7 @@ def test_unknown_sampler_is_refused_by_the_parser(capsys: pytest.CaptureFixture[
 def test_data_comes_from_the_config_beside_the_checkpoint(
     checkpoints: dict[str, Path], features: Path, tmp_path: Path
 ) -> None:
-    # A checkpoint moved away from its config.yaml: 16 px is not the default shapes data, so it must be told.
+    # A checkpoint moved away from its config.yaml: which data it was trained on must be told.
     lone = tmp_path / "lone.ckpt"
     shutil.copy(checkpoints["kaleido"], lone)
     args = _args({"kaleido": lone, "baseline": checkpoints["baseline"]}, features, tmp_path / "out", tmp_path / "cache")
@@ -196,6 +196,29 @@ def test_data_comes_from_the_config_beside_the_checkpoint(
     config = checkpoints["kaleido"].parents[1] / "config.yaml"
     section = tmp_path / "data.yaml"
     section.write_text(
-        "class_path: kaleido.ShapesDataModule\ninit_args: {shapes: {resolution: 16, max_objects: 1}, num_train: 64}\n"
+        "class_path: kaleido.shapes.ShapesDataModule\ninit_args: {shapes: {resolution: 16, max_objects: 1}, num_train: 64}\n"
     )
-    assert data_key(build_datamodule(section)) == data_key(build_datamodule(config))
+    assert build_datamodule(section).identity() == build_datamodule(config).identity()
+
+
+def test_adherence_command_measures_each_type_against_chance_and_the_data(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    def measure(output: str, *extra: str) -> dict:
+        main(["adherence", "--ckpt_path", str(checkpoints["kaleido"]), "--num_samples", "6", "--sampler", "ddim",
+              "--num_steps", "2", "--batch_size", "4", "--device", "cpu", "--data_items", "12", "--output",
+              str(tmp_path / output), *extra])  # fmt: skip
+        return json.loads((tmp_path / output / "adherence.json").read_text())
+
+    result = measure("a")
+    text = result["per_type"]["text"]
+    assert {"objects", "exact", "unparsed", "chance_objects", "data_objects", "data_exact"} <= set(text)
+    assert all(0.0 <= value <= 1.0 for value in text.values() if not math.isnan(value))  # chance: NaN below 2 parsed
+    assert text["data_objects"] >= 0.9  # the parser reads the training renders back: the ceiling of a sample
+    assert result["skipped"] == {} and Image.open(tmp_path / "a" / "grid.png").size[0] > 16
+    again = measure("b", "--conditions", "[a circle, a square]")
+    assert [e["condition"] for e in again["examples"]] == ["a circle", "a square"] * 3
+    assert measure("c", "--conditions", "[a circle, a square]")["per_type"] == again["per_type"]  # seeded
+
+    with pytest.raises(SystemExit, match="holds a DiffusionModel checkpoint; expected one of: Kaleido"):
+        main(["adherence", "--ckpt_path", str(checkpoints["baseline"]), "--output", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--num_samples, --batch_size and --num_steps must be >= 1"):
+        main(["adherence", "--ckpt_path", str(checkpoints["kaleido"]), "--num_samples", "0"])

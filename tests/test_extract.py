@@ -1,4 +1,4 @@
-"""`kaleido extract`: sidecars from an image folder (and the shapes data), resumable, failures named."""
+"""`kaleido extract`: sidecars from an image folder (or any data module), resumable, failures named."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 from jsonargparse import CLI
 from torch import Tensor
 
-from kaleido.data.folder import export_shapes
-from kaleido.data.shapes import ShapesConfig, ShapesDataset
-from kaleido.data.shapes_text import describe
 from kaleido.extract import ExtractionError, extract
-from kaleido.latents import BoxLatent, Extractor, TextLatent
+from kaleido.latents import BoxLatent, Extractor
+from kaleido.shapes import ShapesConfig, ShapesDataModule, ShapesDataset, ShapesTextLatent, describe, export_shapes
+from kaleido.shapes.latents import ShapesBoxExtractor
 
 NUM_IMAGES = 20
 SHAPES = ShapesConfig(resolution=32, max_objects=2)
-TEXT = TextLatent(grammar="shapes")
+TEXT = ShapesTextLatent()
+BOXES = ShapesBoxExtractor()  # the folder holds shapes renders: the analytic parser reads their boxes
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def file_names(folder: Path) -> list[str]:
 
 def test_text_and_box_sidecars_hold_one_parsable_line_per_image(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text_path = extract(TEXT, folder=folder, batch_size=8, progress=False)
-    box_path = extract("box", folder=folder, batch_size=8, progress=False)
+    box_path = extract("box", folder=folder, extractor=BOXES, batch_size=8, progress=False)
     assert (text_path, box_path) == (folder / "latents/text.jsonl", folder / "latents/box.jsonl")
     assert "text: extracted 20, skipped 0, already done 0" in capsys.readouterr().out
     for path, latent_type in ((text_path, TEXT), (box_path, BoxLatent())):
@@ -89,9 +89,9 @@ def test_a_corrupt_image_is_skipped_and_logged_or_raises_naming_the_file(folder:
     original = (folder / bad).read_bytes()
     (folder / bad).write_bytes(b"not a png at all")
     with pytest.raises(ExtractionError, match=rf"unreadable image for '{bad}': cannot read image .*{bad}"):
-        extract("box", folder=folder, batch_size=8, progress=False)
+        extract("box", folder=folder, extractor=BOXES, batch_size=8, progress=False)
 
-    path = extract("box", folder=folder, batch_size=8, on_error="skip", progress=False)
+    path = extract("box", folder=folder, extractor=BOXES, batch_size=8, on_error="skip", progress=False)
     assert "extracted 20" not in (out := capsys.readouterr().out)
     assert "box: extracted 19, skipped 1 (unreadable image: 1; see" in out
     assert bad not in [r["id"] for r in lines(path)] and len(lines(path)) == 19
@@ -100,7 +100,7 @@ def test_a_corrupt_image_is_skipped_and_logged_or_raises_naming_the_file(folder:
 
     # fixed: the next run retries it, and the log of resolved failures goes away
     (folder / bad).write_bytes(original)
-    extract("box", folder=folder, on_error="skip", progress=False)
+    extract("box", folder=folder, extractor=BOXES, on_error="skip", progress=False)
     assert len(lines(path)) == 20 and not (folder / "latents/box.errors.jsonl").exists()
 
 
@@ -126,18 +126,18 @@ def test_extractor_failures_are_isolated_to_their_images(folder: Path) -> None:
 
 def test_a_type_without_a_builtin_extractor_says_what_to_do(folder: Path) -> None:
     with pytest.raises(ExtractionError, match="--extractor"):
-        extract("text", folder=folder, progress=False)  # free-text grammar: no analytic extractor
+        extract("text", folder=folder, progress=False)  # free text: no built-in extractor
+    with pytest.raises(ExtractionError, match="DetectorBoxExtractor"):
+        extract("box", folder=folder, progress=False)
 
 
-def test_shapes_source_matches_the_datamodule_items(tmp_path: Path) -> None:
-    from kaleido.data.shapes_datamodule import ShapesDataModule
-
-    path = extract("box", shapes_split="val", num_items=6, shapes=SHAPES, output=tmp_path, progress=False)
+def test_a_data_module_source_matches_its_items_and_reads_with_its_own_extractor(tmp_path: Path) -> None:
+    data = ShapesDataModule(latents=["box"], shapes=SHAPES, num_val=6)
+    path = extract("box", data=data, split="val", output=tmp_path, progress=False)  # no --extractor: the data's own
     records = lines(path)
     assert [r["id"] for r in records] == list(range(6))
-    truth = ShapesDataModule(latents=["box"], shapes=SHAPES, num_val=6).dataset("val")
     box = BoxLatent()
-    for record, item in zip(records, truth):
+    for record, item in zip(records, data.dataset("val")):
         got, want = box.parse(record["latent"]), item["latents"]["box"]
         assert [b.phrase for b in got] == [b.phrase for b in want]
         assert all(abs(g - w) <= 40 for gb, wb in zip(got, want) for g, w in zip(gb.box, wb.box))  # pixel rounding
@@ -147,20 +147,30 @@ def test_the_source_must_be_named_once(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of --folder"):
         extract("box")
     with pytest.raises(ValueError, match="exactly one of --folder"):
-        extract("box", folder=folder, shapes_split="train")
-    with pytest.raises(ValueError, match="needs --output"):
-        extract("box", shapes_split="train", num_items=2)
+        extract("box", folder=folder, data=ShapesDataModule())
+    with pytest.raises(ValueError, match="need --output"):
+        extract("box", data=ShapesDataModule(num_train=2))
 
 
-def test_command_line_arguments(folder: Path) -> None:
+def test_a_data_module_without_the_contract_is_named(tmp_path: Path) -> None:
+    from lightning.pytorch import LightningDataModule
+
+    with pytest.raises(TypeError, match="LightningDataModule lacks .*images"):
+        extract("box", data=LightningDataModule(), output=tmp_path, progress=False)
+
+
+def test_command_line_arguments(folder: Path, tmp_path: Path) -> None:
     """The signature as the CLI sees it (``python -m kaleido extract`` runs it through jsonargparse)."""
-    spec = json.dumps({"class_path": "kaleido.latents.TextLatent", "init_args": {"grammar": "shapes"}})
+    spec = json.dumps({"class_path": "kaleido.shapes.ShapesTextLatent"})
     path = CLI(extract, as_positional=False, args=["--folder", str(folder), "--latent", spec, "--limit", "5", "--progress", "false"])
     assert len(lines(path)) == 5
     path = CLI(extract, as_positional=False, args=["--folder", str(folder), "--latent", "box", "--on_error", "skip",
-                                                   "--image_size", "16", "--progress", "false"])
+                                                   "--extractor", "kaleido.shapes.latents.ShapesBoxExtractor",
+                                                   "--extractor.grid", "100", "--image_size", "16", "--progress", "false"])
     assert len(lines(path)) == 20
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  class_path: kaleido.shapes.ShapesDataModule\n  init_args: {num_test: 3, shapes: {resolution: 32}}\n")
     out = folder / "shapes_latents"
-    CLI(extract, as_positional=False, args=["--shapes_split", "test", "--num_items", "3", "--shapes.resolution", "32",
+    CLI(extract, as_positional=False, args=["--data_config", str(config), "--split", "test",
                                             "--output", str(out), "--latent", "box", "--progress", "false"])
     assert [r["id"] for r in lines(out / "box.jsonl")] == [0, 1, 2]

@@ -12,23 +12,24 @@ import yaml
 from PIL import Image
 
 from kaleido.cli import cli_main
-from kaleido.data.folder import ImageFolderDataModule, export_shapes
+from kaleido.data.folder import ImageFolderDataModule
 from kaleido.data.folder_format import FolderDataError, load_image
-from kaleido.data.shapes import ShapesConfig
 from kaleido.extract import extract
-from kaleido.latents import BoxLatent, TextLatent
+from kaleido.latents import BoxLatent
+from kaleido.shapes import ShapesConfig, ShapesTextLatent, export_shapes
+from kaleido.shapes.latents import ShapesBoxExtractor
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ShapesConfig(resolution=32, max_objects=2)
-TEXT = TextLatent(grammar="shapes")
+TEXT = ShapesTextLatent()
 
 
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 shapes PNGs with text and box sidecars; copy before changing it."""
     root = export_shapes(tmp_path_factory.mktemp("folder"), 20, SHAPES)
-    for latent in (TEXT, "box"):
-        extract(latent, folder=root, progress=False)
+    extract(TEXT, folder=root, progress=False)
+    extract("box", folder=root, extractor=ShapesBoxExtractor(), progress=False)  # shapes renders: the parser reads boxes
     return root
 
 
@@ -83,7 +84,7 @@ def test_images_without_latents_raise_naming_them_and_the_command(folder: Path) 
     missing = json.loads(kept[-1])["id"]
     with pytest.raises(FolderDataError, match=rf"3 image\(s\).*no latent in .*text\.jsonl.*{missing}") as error:
         datamodule(folder).load()
-    assert "python -m kaleido extract --folder" in str(error.value) and '"grammar": "shapes"' in str(error.value)
+    assert "python -m kaleido extract --folder" in str(error.value) and '"class_path": "kaleido.shapes.latents.ShapesTextLatent"' in str(error.value)
 
     with pytest.warns(UserWarning, match="skipped 3 image"):
         data = datamodule(folder, on_missing="skip")

@@ -4,8 +4,6 @@ from importlib.metadata import EntryPoint
 import pytest
 import torch
 
-from kaleido.data.shapes import ShapesConfig, ShapesDataset
-from kaleido.data.shapes_text import parse_description
 from kaleido.latents import (
     LatentParseError,
     LatentType,
@@ -17,6 +15,7 @@ from kaleido.latents import (
     registry,
 )
 from kaleido.nn.latent_conditioner import LatentConditioner
+from kaleido.shapes import ShapesConfig, ShapesDataset, ShapesTextLatent, parse_description
 
 
 def test_builtin_text_type_is_registered_with_its_origin() -> None:
@@ -30,10 +29,12 @@ def test_unknown_name_lists_what_is_registered() -> None:
 
 
 def test_build_from_name_instance_and_class_path() -> None:
-    spec = {"class_path": "kaleido.latents.TextLatent", "init_args": {"grammar": "shapes"}}
+    spec = {"class_path": "kaleido.shapes.ShapesTextLatent", "init_args": {"max_chars": 300}}
     assert build_latent_type("text") == TextLatent()
-    assert build_latent_type(spec) == TextLatent(grammar="shapes")
-    assert build_latent_type(TextLatent(grammar="shapes").spec()) == TextLatent(grammar="shapes")
+    assert build_latent_type(spec) == ShapesTextLatent(max_chars=300) != TextLatent(max_chars=300)
+    assert build_latent_type(ShapesTextLatent().spec()) == ShapesTextLatent()
+    with pytest.raises(TypeError, match="cannot build latent type kaleido.latents.TextLatent .*'grammar'"):
+        build_latent_type({"class_path": "kaleido.latents.TextLatent", "init_args": {"grammar": "shapes"}})
     with pytest.raises(ValueError, match="cannot import"):
         build_latent_type({"class_path": "no.such.Module"})
     with pytest.raises(TypeError, match="registered name"):
@@ -78,22 +79,22 @@ def test_entry_point_plugins_are_discovered(monkeypatch: pytest.MonkeyPatch) -> 
 )
 def test_text_parse_errors_name_the_position(text: str, position: int, expected: str) -> None:
     with pytest.raises(LatentParseError, match=expected) as error:
-        TextLatent(grammar="shapes").parse(text)
+        ShapesTextLatent().parse(text)
     assert error.value.position == position
     assert f"at position {position}" in str(error.value)
 
 
 def test_free_text_accepts_what_the_shapes_grammar_rejects() -> None:
     assert TextLatent().parse("  a magenta dodecahedron ") == "a magenta dodecahedron"
-    with pytest.raises(ValueError, match="grammar"):
-        TextLatent(grammar="poetry")  # type: ignore[arg-type]
+    with pytest.raises(LatentParseError, match="colour"):
+        ShapesTextLatent().parse("a magenta dodecahedron")
 
 
 def test_shapes_text_extractor_recovers_the_scene() -> None:
     """The analytic extractor reads back every object (shape, colour, size, position) and the background."""
     data = ShapesDataset(300, ShapesConfig(resolution=32))
     items = [data[i] for i in range(len(data))]
-    texts = TextLatent(grammar="shapes").build_extractor()(
+    texts = ShapesTextLatent().build_extractor()(
         torch.stack([item["image"] for item in items]), [item["condition"] for item in items]
     )
 

@@ -12,7 +12,6 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from kaleido.metrics import (
     FID,
@@ -27,12 +26,10 @@ from kaleido.metrics import (
     compute_fid,
     extract_features,
     find_inception_weights,
-    frechet_distance,
     knn_radii,
     mean_pairwise_similarity,
     pairwise_cosine_similarity,
     precision_recall,
-    stats_distance,
     vendi_score,
     vendi_score_from_kernel,
 )
@@ -136,6 +133,14 @@ def test_timm_features_mismatched_weights(tmp_path: Path) -> None:
         TimmFeatures("not_a_model_xyz")
 
 
+def test_timm_features_without_timm_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "kaleido\[timm\]"'):
+        TimmFeatures("resnet10t")
+    with pytest.raises(ValueError, match="unknown feature extractor"):  # no hint, no crash
+        build_feature_extractor("resnet10t")
+
+
 def test_build_feature_extractor(tmp_path: Path) -> None:
     st, _, _ = _save_resnet10t(tmp_path)
     ext = build_feature_extractor("timm:resnet10t", st)
@@ -177,44 +182,51 @@ def test_inception_features() -> None:
 # ----------------------------------------------------------------------------- Fréchet distance
 
 
-def test_frechet_distance_closed_forms() -> None:
+def _gaussian(mean: Tensor | np.ndarray, cov: Tensor | np.ndarray, num_samples: int = 100) -> FeatureStats:
+    return FeatureStats(torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64), num_samples)
+
+
+def _scipy_fid(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndarray) -> float:
+    """The usual FID code, independent of torchmetrics: scipy's matrix square root of Σ1 Σ2."""
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+
+def test_fid_closed_forms() -> None:
     d = 6
     cov = _random_cov(d, 0)
-    mu = torch.randn(d, dtype=torch.float64)
-    assert abs(float(frechet_distance(mu, cov, mu, cov))) < 1e-8
+    mu = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(compute_fid(_gaussian(mu, cov), _gaussian(mu, cov))) < 1e-8
     eye = torch.eye(d, dtype=torch.float64)
-    assert float(frechet_distance(torch.zeros(d), eye, mu, eye)) == pytest.approx(float(mu.square().sum()), abs=1e-9)
+    assert compute_fid(_gaussian(torch.zeros(d), eye), _gaussian(mu, eye)) == pytest.approx(float(mu.square().sum()), abs=1e-9)
     a, b = torch.rand(d, dtype=torch.float64) + 0.1, torch.rand(d, dtype=torch.float64) + 0.1
     expected = float(mu.square().sum() + (a.sqrt() - b.sqrt()).square().sum())
-    got = float(frechet_distance(mu, torch.diag(a), torch.zeros(d), torch.diag(b)))
+    got = compute_fid(_gaussian(mu, torch.diag(a)), _gaussian(torch.zeros(d), torch.diag(b)))
     assert got == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        compute_fid(_gaussian(mu, cov), _gaussian(mu[:3], cov[:3, :3]))
 
 
-def test_frechet_distance_matches_scipy_sqrtm() -> None:
+def test_fid_matches_scipy_sqrtm() -> None:
     s1, s2 = _random_cov(10, 1).numpy(), _random_cov(10, 2).numpy()
     m1, m2 = np.random.default_rng(0).normal(size=(2, 10))
-    ref = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    got = float(frechet_distance(torch.tensor(m1), torch.tensor(s1), torch.tensor(m2), torch.tensor(s2)))
-    assert got == pytest.approx(ref, rel=1e-8)
+    assert compute_fid(_gaussian(m1, s1), _gaussian(m2, s2)) == pytest.approx(_scipy_fid(m1, s1, m2, s2), rel=1e-8)
 
 
-def test_fid_metric_on_features_matches_stats() -> None:
+def test_fid_metric_on_features_matches_scipy() -> None:
     gen = torch.Generator().manual_seed(0)
     real, fake = torch.randn(200, 8, generator=gen), torch.randn(150, 8, generator=gen) * 1.5 + 0.3
-    expected = stats_distance(FeatureStats.from_features(real), FeatureStats.from_features(fake))
+    r, f = real.double().numpy(), fake.double().numpy()
+    expected = _scipy_fid(r.mean(0), np.cov(r, rowvar=False), f.mean(0), np.cov(f, rowvar=False))
     metric = FID(num_features=8)
     for chunk in real.split(64):
         metric.update_real(chunk)
     for chunk in fake.split(64):
         metric.update_fake(chunk)
-    assert float(metric.compute()) == pytest.approx(expected, rel=1e-9)
-    # torchmetrics' own closed-form evaluation agrees on the same states.
-    tm = float(FrechetInceptionDistance.compute(metric))
-    assert tm == pytest.approx(expected, rel=1e-4)
+    assert float(metric.compute()) == pytest.approx(expected, rel=1e-6)  # float32 features: a float32 FID
     # reset() keeps the real side and clears the generated one.
     metric.reset()
     assert int(metric.real_features_num_samples) == 200 and int(metric.fake_features_num_samples) == 0
-    assert compute_fid(real, fake) == pytest.approx(expected, rel=1e-12)
+    assert compute_fid(real, fake) == pytest.approx(expected, rel=1e-9)
 
 
 def test_fid_with_reference_stats() -> None:
@@ -223,7 +235,8 @@ def test_fid_with_reference_stats() -> None:
     ref = FeatureStats.from_features(real)
     metric = FID(num_features=5, reference=ref)
     metric.update_fake(fake)
-    assert float(metric.compute()) == pytest.approx(compute_fid(real, fake), rel=1e-9)
+    assert float(metric.compute()) == pytest.approx(compute_fid(real, fake), rel=1e-6)
+    assert int(metric.real_features_num_samples) == 0  # the reference is not left in the metric state
     with pytest.raises(RuntimeError, match="fixed reference"):
         metric.update_real(real)
     with pytest.raises(ValueError):

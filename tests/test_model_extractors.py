@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kaleido.data.shapes import ShapesConfig, ShapesDataset
 from kaleido.extract import extract
 from kaleido.latents import TextLatent
 from kaleido.latents.blob import BlobLatent, GroundedBlob
-from kaleido.latents.box import BoxLatent, GroundedBox, ShapesBoxExtractor
+from kaleido.latents.box import BoxLatent, GroundedBox
 from kaleido.latents.extractors import CaptionerTextExtractor, DetectorBoxExtractor, SamBlobExtractor
+from kaleido.shapes import ShapesConfig, ShapesDataModule, ShapesDataset
+from kaleido.shapes.latents import box_extractor
 
 LABELS = {0: "circle", 1: "square", 2: "traffic light (red)"}
 SAM_IMAGE = 64  # the tiny SAM's input side; the processor pads every image to it
@@ -141,7 +142,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         DetectorBoxExtractor(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="SAM checkpoint"):
-        SamBlobExtractor(str(tmp_path), ShapesBoxExtractor())
+        SamBlobExtractor(str(tmp_path), box_extractor(BoxLatent()))
 
 
 def test_sam_extractor_turns_detector_boxes_into_blobs(detector_dir: Path, sam_dir: Path, images: tuple) -> None:
@@ -156,7 +157,7 @@ def test_sam_extractor_turns_detector_boxes_into_blobs(detector_dir: Path, sam_d
 
 
 def test_sam_extractor_with_analytic_boxes(sam_dir: Path, images: tuple) -> None:
-    boxes = ShapesBoxExtractor(grid=1000)
+    boxes = box_extractor(BoxLatent(grid=1000))  # the shapes data set's analytic boxes
     latents = SamBlobExtractor(str(sam_dir), boxes, order="given")(*images)
     for found, source in zip(latents, boxes(*images)):
         assert [b.phrase for b in found] == [b.phrase for b in source]  # "given" keeps the boxes' order
@@ -169,7 +170,7 @@ def test_sam_extractor_needs_a_box_extractor(sam_dir: Path) -> None:
 
 
 def test_sam_masks_and_the_empty_mask_fallback(sam_dir: Path, images: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    extractor = SamBlobExtractor(str(sam_dir), ShapesBoxExtractor(grid=32), grid=32)
+    extractor = SamBlobExtractor(str(sam_dir), box_extractor(BoxLatent(grid=32)), grid=32)
     image = (images[0][0].permute(1, 2, 0).add(1).mul(127.5)).round().byte().numpy()
     masks = extractor.masks(image, [(2.0, 3.0, 20.0, 25.0), (0.0, 0.0, 31.0, 31.0)])
     assert masks.shape == (2, 32, 32) and masks.dtype == bool
@@ -326,15 +327,8 @@ def test_captioner_fills_a_text_sidecar_through_extract(captioner_dir: Path, tmp
     with pytest.raises(NotImplementedError, match="CaptionerTextExtractor"):
         TextLatent().build_extractor()
     extractor = CaptionerTextExtractor(str(captioner_dir), max_new_tokens=4)
-    path = extract(
-        "text",
-        shapes_split="val",
-        num_items=3,
-        shapes=ShapesConfig(resolution=32),
-        output=tmp_path,
-        extractor=extractor,
-        progress=False,
-    )
+    data = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=8, num_val=3, num_test=2)
+    path = extract("text", data=data, split="val", output=tmp_path, extractor=extractor, progress=False)
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and all('"latent": "a ' in line for line in lines)  # conditions are "a <shape>"
 

@@ -118,6 +118,17 @@ def test_generate_uses_a_given_latent_and_fixed_noise(model) -> None:  # type: i
     assert not torch.equal(out.images, model.generate(["a circle"] * 2, seed=4).images)
 
 
+def test_generate_progress_reaches_the_sampler(model, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from kaleido.diffusion.samplers import Sampler
+
+    seen: list[bool] = []
+    call = Sampler.__call__
+    monkeypatch.setattr(Sampler, "__call__", lambda self, *a, **kw: (seen.append(kw["progress"]), call(self, *a, **kw))[1])
+    model.generate(["a circle"], num_steps=2)
+    model.generate(["a circle"] * 3, num_steps=2, batch_size=2, progress=True)
+    assert seen == [False, True, True]  # one sampler run per batch
+
+
 def test_generate_rejects_bad_input(model, baseline_data) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(LatentParseError, match="expected a colour .* at position 8"):
         model.generate(["a circle"], latents=["a large magenta circle"])

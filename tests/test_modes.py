@@ -1,4 +1,5 @@
-"""Mode coverage (kaleido.metrics.modes) on constructed scenes whose answer is known exactly."""
+"""Mode coverage on constructed scenes whose answer is known exactly: the generic part
+(kaleido.metrics.modes) and the shapes part (kaleido.shapes.modes, ShapesDataModule.sample_metrics)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from kaleido.data.shapes import Scene, ShapeObject, render
-from kaleido.metrics import (
-    ATTRIBUTES,
+import kaleido.metrics
+from kaleido.metrics.modes import (
+    DEFAULT_MIN_SHARE,
     attribute_coverage,
     covered_modes,
-    mode_coverage,
-    shapes_mode_coverage,
+    shares,
     total_variation,
+    votes_coverage,
 )
+from kaleido.shapes import ShapesConfig, ShapesDataModule
+from kaleido.shapes.modes import ATTRIBUTES, mode_coverage, scene_votes, shapes_mode_coverage
+from kaleido.shapes.scenes import Scene, ShapeObject, render
 
 
 def _obj(
@@ -35,6 +39,32 @@ def test_total_variation_closed_forms() -> None:
     assert total_variation({"a": 0.25, "b": 0.75}, {"a": 0.75, "c": 0.25}) == pytest.approx(0.75)
 
 
+def test_shares_normalise_votes() -> None:
+    assert shares(["a", "b", "a", "a"]) == {"a": 0.75, "b": 0.25}
+    assert shares([]) == {}
+
+
+def test_the_generic_part_knows_no_data_set() -> None:
+    # kaleido.metrics exports the generic helpers; the shapes attributes live with the data set.
+    assert kaleido.metrics.votes_coverage is votes_coverage and kaleido.metrics.total_variation is total_variation
+    for name in ("mode_coverage", "shapes_mode_coverage", "ATTRIBUTES"):
+        assert not hasattr(kaleido.metrics, name), name
+
+
+def test_votes_coverage_on_plain_votes() -> None:
+    # Any data set's votes: per condition, per attribute; conditions only the samples have are unmatched.
+    data = {"x": {"hue": ["warm"] * 6 + ["cold"] * 4}, "y": {"hue": ["cold"]}}
+    samples = {"x": {"hue": ["warm"] * 5}, "z": {"hue": ["warm"]}}
+    result = votes_coverage(samples, data, ["hue"], min_share=0.2)
+    assert set(result.conditions) == {"x"} and result.unmatched == ["z"] and result.min_share == 0.2
+    hue = result.conditions["x"]["hue"]
+    assert (hue.covered, hue.modes) == (1, 2) and hue.tv == pytest.approx(0.4)
+    summary = result.summary()
+    assert summary["hue_coverage"] == summary["mode_coverage"] == 0.5
+    assert (summary["modes_covered"], summary["modes_total"]) == (1.0, 2.0)
+    assert votes_coverage({}, data, ["hue"], 0.2).summary() == {}
+
+
 def test_covered_modes_threshold_is_inclusive() -> None:
     sample = {"a": 0.9, "b": 0.1, "c": 0.0}
     assert covered_modes(sample, ["a", "b", "c", "d"], min_share=0.1) == ["a", "b"]
@@ -52,6 +82,15 @@ def test_attribute_coverage_counts_data_modes_only() -> None:
     # TV = ½ (|0.9 − 0.5| + |0 − 0.48| + |0 − 0.02| + |0.1 − 0|) = 0.5
     assert cov.tv == pytest.approx(0.5)
     assert cov.sample == {"red": 0.9, "orange": 0.1}
+
+
+def test_scene_votes() -> None:
+    scene = _scene(_obj("red", "small", 1 / 6), _obj("blue", "large", 5 / 6, shape="square"))
+    assert ATTRIBUTES == ("color", "size", "position", "count")
+    assert scene_votes(scene) == {
+        "color": ["red", "blue"], "size": ["small", "large"], "position": ["left", "right"], "count": ["2"]
+    }
+    assert scene_votes(_scene())["count"] == ["0"]
 
 
 def test_mode_coverage_per_condition_and_summary() -> None:
@@ -106,3 +145,26 @@ def test_shapes_mode_coverage_reads_rendered_images() -> None:
     assert parsed["mode_tv"] == pytest.approx(0.0) and parsed["mode_coverage"] == 1.0
     with pytest.raises(ValueError, match="2 images but 1 conditions"):
         shapes_mode_coverage(images, conditions[:1], scenes, conditions)
+
+
+def test_the_data_module_measures_mode_coverage_with_its_min_share() -> None:
+    data = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=60, num_val=4, num_test=4)
+    assert data.mode_min_share == DEFAULT_MIN_SHARE == 0.05
+    train = data.shapes_split("train")
+    items = [train[i] for i in range(len(train))]
+    images, conditions = torch.stack([i["image"] for i in items]), [i["condition"] for i in items]
+    summary, details = data.sample_metrics(images, conditions)
+    # The training images themselves: (nearly) every mode covered, the histograms (nearly) equal.
+    assert summary["mode_coverage"] >= 0.95 and summary["mode_tv"] <= 0.05, summary
+    assert set(details) == set(conditions) and set(details["a circle"]) == set(ATTRIBUTES)
+    assert set(details["a circle"]["color"]) == {"covered", "modes", "tv", "sample", "data"}
+    # One sample, a red circle: a stricter min_share counts fewer modes (a colour holds about 1/6 of the votes).
+    one = torch.from_numpy(render(_scene(_obj("red")), 32)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    loose = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=60, mode_min_share=0.01)
+    strict = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=60, mode_min_share=0.5)
+    assert loose.mode_min_share == 0.01
+    loose_summary, strict_summary = loose.sample_metrics(one, ["a circle"])[0], strict.sample_metrics(one, ["a circle"])[0]
+    assert loose_summary["modes_total"] > strict_summary["modes_total"]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="mode_min_share"):
+            ShapesDataModule(mode_min_share=bad)

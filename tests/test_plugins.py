@@ -1,9 +1,17 @@
-"""A latent type defined outside kaleido works by entry point and by class_path, through the CLI."""
+"""A latent type defined outside kaleido works by entry point and by class_path, through the CLI, and is a
+first-class citizen: its adherence hook is measured by LogSamples, `evaluate` and `adherence`, and its draw
+hook draws it in their grids."""
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny_kaleido.yaml"
@@ -46,6 +54,63 @@ def test_plugin_by_entry_point_and_class_path(tmp_path: Path) -> None:
         assert sample.returncode == 0, sample.stderr[-3000:]
         lines = (root / "samples" / "samples.jsonl").read_text().splitlines()
         assert len(lines) == 2
+
+
+MARK = (1, 254, 3)  # the example's mark colour (docs/plugins.md)
+
+
+@pytest.fixture
+def feature_weights(tmp_path: Path) -> Path:
+    """Random weights for timm's tiny `test_vit`, saved locally (nothing downloaded)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()}, str(path))
+    return path
+
+
+def test_plugin_hooks_are_measured_and_drawn_by_every_command(tmp_path: Path, feature_weights: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    site = make_plugin(tmp_path)
+    root = tmp_path / "fit"
+    fit = run(site, tmp_path, "fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
+              "--data.init_args.latents=[text, count]")  # the tiny config's LogSamples measures adherence
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert "LogSamples: adherence: skipping the 'text' latent: TextLatent declares no adherence hook" in fit.stdout + fit.stderr
+    events = EventAccumulator(str(next(root.rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"val/adherence/count/exact", "val/adherence/count/chance_within_one"} <= set(events.Tags()["scalars"])
+    assert "samples/drawn_latents" in events.Tags()["images"]
+    checkpoint = next(root.rglob("*.ckpt"))
+
+    measured = run(site, tmp_path, "adherence", "--ckpt_path", str(checkpoint), "--num_samples", "6", "--sampler", "ddim",
+                   "--num_steps", "2", "--device", "cpu", "--output", str(tmp_path / "adh"))
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    result = json.loads((tmp_path / "adh" / "adherence.json").read_text())
+    assert set(result["per_type"]) == {"count"} and set(result["skipped"]) == {"text"}
+    assert {"exact", "within_one", "unparsed", "chance_exact"} <= set(result["per_type"]["count"])
+    assert 0.0 <= result["per_type"]["count"]["within_one"] <= 1.0
+
+    evaluated = run(site, tmp_path, "evaluate", "--ckpt_path", str(checkpoint), "--cfg_scales", "[2]", "--num_samples", "8",
+                    "--sampler", "ddim", "--steps", "2", "--batch_size", "8", "--feature_extractor", "timm:test_vit",
+                    "--feature_weights", str(feature_weights), "--reference_cache", str(tmp_path / "cache"),
+                    "--output", str(tmp_path / "eval"), "--device", "cpu")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    row = json.loads((tmp_path / "eval" / "metrics.json").read_text())["results"][0]
+    assert {"adherence_count_exact", "adherence_count_within_one", "adherence_count_unparsed"} <= set(row)
+    assert not any(key.startswith("adherence_text") for key in row)
+    assert (tmp_path / "eval" / "grids" / "kaleido_cfg2.png").is_file() and (tmp_path / "adh" / "grid.png").is_file()
+
+    # The draw hook: a given z with 3 objects draws 3 marks over every sample of `sample`'s latents.png.
+    z = "text: a red circle in the center, on a black background\ncount: 3 objects"
+    sampled = run(site, tmp_path, "sample", "--ckpt_path", str(checkpoint), "--condition", "a circle", "--num_samples", "2",
+                  "--num_steps", "2", "--latent", z, "--output", str(tmp_path / "drawn"))
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    marks = (np.asarray(Image.open(tmp_path / "drawn" / "latents.png").convert("RGB")) == MARK).all(axis=-1)
+    assert marks.sum() == 2 * 3 * 4  # two samples, three marks of 2 x 2 pixels each
+    assert not (np.asarray(Image.open(tmp_path / "drawn" / "grid.png").convert("RGB")) == MARK).all(axis=-1).any()
 
 
 def test_plugin_parse_errors_are_clear(tmp_path: Path) -> None:

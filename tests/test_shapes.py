@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from kaleido.data import shapes
-from kaleido.data.shapes import (
+from kaleido.shapes import dataset as shapes_dataset
+from kaleido.shapes.dataset import ShapesDataset, collate
+from kaleido.shapes.scenes import (
     BACKGROUNDS,
     COLORS,
     POSITIONS,
@@ -20,14 +21,12 @@ from kaleido.data.shapes import (
     Scene,
     ShapeObject,
     ShapesConfig,
-    ShapesDataset,
-    collate,
     condition_text,
     render,
     render_masks,
     sample_scene,
 )
-from kaleido.data.shapes_text import (
+from kaleido.shapes.text import (
     DescribedObject,
     Description,
     ShapesTextError,
@@ -221,7 +220,7 @@ def test_corpus_does_not_render(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_render(*args: object) -> None:
         raise AssertionError("corpus() must not render images")
 
-    monkeypatch.setattr(shapes, "render", no_render)
+    monkeypatch.setattr(shapes_dataset, "render", no_render)
     assert list(data.corpus(limit=5)) == expected
     assert len(list(data.corpus())) == 60
 
@@ -304,12 +303,51 @@ def test_description_errors_name_the_position(text: str, message: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_a_description_of_no_object_parses_only_when_allowed() -> None:
+    # What `describe` writes for an image in which the parser finds nothing: the latent grammar refuses it,
+    # a reading of a sample (adherence) accepts it.
+    nothing = describe(Scene((), "black"))
+    assert nothing == "on a black background"
+    assert parse_description(nothing, allow_empty=True) == Description((), "black")
+    with pytest.raises(ShapesTextError, match="expected 'a' or 'an' at position 0"):
+        parse_description(nothing)
+    # allow_empty changes nothing else: a description with objects parses the same either way.
+    text = "a red circle, on a gray background"
+    assert parse_description(text, allow_empty=True) == parse_description(text)
+
+
+def test_scene_from_image_reads_a_render_back() -> None:
+    from kaleido.shapes import scene_from_image
+
+    for scene in scenes(40, seed=4):
+        image = torch.from_numpy(render(scene, 64)).permute(2, 0, 1).float() / 127.5 - 1.0
+        read = scene_from_image(image)
+        assert read.background == scene.background
+        assert sorted((o.shape, o.color, o.size, o.position) for o in read.objects) == sorted(
+            (o.shape, o.color, o.size, o.position) for o in scene.objects
+        )
+        # With the condition, an object of the named shape comes first (the data set's convention).
+        assert condition_text(scene_from_image(image, condition_text(scene))) == condition_text(scene)
+    assert scene_from_image(torch.from_numpy(render(Scene((), "white"), 32)).permute(2, 0, 1).float() / 127.5 - 1).objects == ()
+
+
+def test_the_package_re_exports_the_common_names() -> None:
+    import kaleido.shapes as package
+    from kaleido.shapes import datamodule, parser, reader, text
+    from kaleido.shapes import scenes as scenes_module
+
+    assert package.ShapesDataset is ShapesDataset and package.Scene is Scene and package.render is render
+    assert package.ShapesDataModule is datamodule.ShapesDataModule and package.parse_image is parser.parse_image
+    assert package.scene_from_image is reader.scene_from_image and package.describe is text.describe
+    assert package.SHAPES is scenes_module.SHAPES and package.parse_description is parse_description
+
+
 def test_extractor_latents_are_computed_once_in_batches_and_follow_the_item() -> None:
     from typing import Any
 
-    from kaleido.data.shapes_datamodule import ShapesDataModule
     from kaleido.latents import LatentType
     from kaleido.latents.base import Extractor
+    from kaleido.shapes.datamodule import ShapesDataModule
 
     calls: list[int] = []
     devices: list[str] = []
@@ -348,9 +386,9 @@ def test_extractor_latents_are_computed_once_in_batches_and_follow_the_item() ->
 
 
 def test_an_extractor_returning_too_few_latents_is_an_error() -> None:
-    from kaleido.data.shapes_datamodule import extract_latents
     from kaleido.latents import LatentType
     from kaleido.latents.base import Extractor
+    from kaleido.shapes.datamodule import extract_latents
 
     class DropsOne(Extractor):
         def __call__(self, images: torch.Tensor, conditions: object) -> list[int]:
@@ -369,4 +407,4 @@ def test_an_extractor_returning_too_few_latents_is_an_error() -> None:
             return DropsOne()
 
     with pytest.raises(ValueError, match="returned 3 latents for 4 images"):
-        extract_latents(shapes.ShapesDataset(4, ShapesConfig(resolution=16)), [Broken()])
+        extract_latents(ShapesDataset(4, ShapesConfig(resolution=16)), [Broken()])

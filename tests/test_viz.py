@@ -1,5 +1,6 @@
-"""Drawing helpers (kaleido/viz.py): boxes and rotated ellipses land on the right pixels, captions and
-grids have the right layout, and LogSamples logs the drawn latents."""
+"""Drawing (kaleido/latents/drawing.py, the types' ``draw`` hooks, kaleido/viz.py): boxes and rotated
+ellipses land on the right pixels, captions and grids have the right layout, and LogSamples logs the
+drawn latents and each measurable type's adherence."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ from PIL import Image
 
 import kaleido
 from kaleido.callbacks import LogSamples
-from kaleido.latents import BlobLatent, BoxLatent, TextLatent
+from kaleido.latents import BlobLatent, BoxLatent, GroundedBlob, TextLatent, VisualTokenLatent, implements
+from kaleido.latents.drawing import PALETTE, draw_box, draw_ellipse, object_color
 from kaleido.latents.masks import ellipse_from_mask
+from kaleido.shapes import ShapesTextLatent
+from kaleido.tokenizer import read_latent_segments
 from kaleido.viz import (
-    PALETTE,
     caption,
-    draw_box,
-    draw_ellipse,
     draw_latent,
     draw_latents,
+    draws,
     labelled_grid,
-    latent_segments,
     samples_grid,
     side_by_side,
     to_pil,
@@ -93,19 +94,56 @@ def test_latents_are_drawn_when_they_parse() -> None:
     colours = {tuple(int(v) for v in p) for p in np.asarray(drawn).reshape(-1, 3)} - {(0, 0, 0)}
     assert colours == {PALETTE[0], PALETTE[1]}, "one palette colour per object"
     assert not changed(image).any(), "the input image is left alone"
-    assert changed(draw_latent(image, blob, [("bar", (50, 50, 40, 10, 45))])).any()
+    assert changed(draw_latent(image, blob, [GroundedBlob("bar", (50, 50, 40, 10, 45))])).any()  # a latent object
     for latent_type, text in [(box, "red circle (0, 0"), (TextLatent(), "a red circle")]:
         assert not changed(draw_latent(image, latent_type, text)).any()
 
     joined = "text: garbled (\nbox: red circle (0, 0, 50, 50)\nblob: also garbled"
     names = ["text", "box", "blob"]
-    assert latent_segments(joined, names) == {
+    assert read_latent_segments(joined, names) == {
         "text": "garbled (",
         "box": "red circle (0, 0, 50, 50)",
         "blob": "also garbled",
     }
     both = draw_latents(image, joined, [TextLatent(), box, blob])
     assert np.array_equal(changed(both), changed(draw_latent(image, box, "red circle (0, 0, 50, 50)")))
+    # A missing segment is None and draws nothing.
+    assert read_latent_segments("box: red circle (0, 0, 50, 50)", names) == {
+        "text": None, "box": "red circle (0, 0, 50, 50)", "blob": None
+    }
+    assert np.array_equal(changed(draw_latents(image, "text: a red circle", [TextLatent(), box])), changed(image))
+
+
+def test_which_types_draw() -> None:
+    for latent_type in (BoxLatent(), BlobLatent()):
+        assert draws(latent_type) and implements(latent_type, "draw")
+    for latent_type in (TextLatent(), ShapesTextLatent(), VisualTokenLatent()):
+        assert not draws(latent_type)  # their text says it all
+        with pytest.raises(NotImplementedError, match="declares no drawing"):
+            latent_type.draw(Image.new("RGB", (4, 4)), "anything")
+    with pytest.raises(ValueError, match="not an optional hook"):
+        implements(BoxLatent(), "format")
+
+
+def test_the_draw_hook_draws_in_place_one_colour_per_object() -> None:
+    image = Image.new("RGB", (20, 20))
+    box = BoxLatent(grid=20)
+    objects = box.parse("a (0, 0, 5, 5); b (10, 10, 20, 20); c (0, 10, 5, 20); d (10, 0, 15, 5); e (6, 6, 9, 9)")
+    assert box.draw(image, objects) is None and changed(image).any()  # in place
+    pixels = np.asarray(image)
+    assert [object_color(i) for i in range(5)] == [*PALETTE, PALETTE[0]]  # the palette repeats
+    for index, (row, col) in enumerate([(0, 0), (10, 10), (10, 0), (0, 10), (6, 6)]):
+        assert tuple(int(v) for v in pixels[row, col]) == object_color(index)
+    # The type's draw is its outline of each object: a box is draw_box of its normalised box.
+    alone = Image.new("RGB", (20, 20))
+    draw_box(alone, box.to_normalised(objects[1]), object_color(1))
+    assert np.array_equal(np.asarray(alone)[10:, 10:], pixels[10:, 10:])
+    blob = BlobLatent(grid=20)
+    ellipse = Image.new("RGB", (20, 20))
+    blob.draw(ellipse, blob.parse("a (10, 10, 8, 4, 30)"))
+    reference = Image.new("RGB", (20, 20))
+    draw_ellipse(reference, blob.to_normalised(blob.parse("a (10, 10, 8, 4, 30)")[0]), PALETTE[0])
+    assert np.array_equal(np.asarray(ellipse), np.asarray(reference))
 
 
 def test_captions_and_grids() -> None:
@@ -136,14 +174,20 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
     logger = TensorBoardLogger(tmp_path)
     callback = LogSamples(["a circle"], samples_per_condition=2, num_steps=2, adherence=True)
     trainer = SimpleNamespace(
-        sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7, callbacks=[callback]
+        sanity_checking=False, current_epoch=0, is_global_zero=True, loggers=[logger], global_step=7, callbacks=[callback],
+        datamodule=data,
     )
+    callback.setup(trainer, model, "fit")  # type: ignore[arg-type]  # the readers: the data set's own
+    assert callback.readers is not None and set(callback.readers.extractors) == {"text", "box"} and not callback.readers.skipped
     logged: dict[str, float] = {}
     model.log_dict = lambda values, **_: logged.update(values)  # type: ignore[method-assign]
     callback.on_validation_epoch_end(trainer, model)  # type: ignore[arg-type]
     logger.experiment.flush()
-    # every latent type's measure, each a share or a mean IoU in [0, 1]
-    assert {"val/adherence/text/objects", "val/adherence/box/iou", "val/adherence/box/unparsed"} <= set(logged)
+    # every latent type's measures, each a share or a mean IoU in [0, 1], also when an untrained prior's
+    # z never parses (each measure then scores 0, beside an unparsed share of 1)
+    for name, measures in (("text", ("objects", "exact")), ("box", ("iou", "iou_exact", "phrases", "empty"))):
+        assert {f"val/adherence/{name}/{m}" for m in (*measures, "unparsed")} <= set(logged), logged
+    assert "val/adherence/box/iou" in logged
     assert all(0.0 <= v <= 1.0 for v in logged.values())
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -179,12 +223,14 @@ def test_log_samples_samples_with_the_averaged_weights_in_either_order(tmp_path:
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)
-    assert len(sampled) == 1 and "val/adherence/text/objects" in trainer.callback_metrics
+    assert len(sampled) == 1 and {"val/adherence/text/unparsed", "val/adherence/text/objects"} <= set(trainer.callback_metrics)
     averaged = dict(model.named_parameters())  # EMA's average, copied in at the end of fit
     assert all(torch.equal(sampled[0][name], p) for name, p in averaged.items())
 
 
-def test_log_samples_refuses_unmeasured_latent_types_before_training() -> None:
+def test_log_samples_skips_unmeasured_latent_types_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A type without an adherence hook, or with one but nothing to read it back, is skipped with one
+    line each when training starts; the measurable types are still measured."""
     from kaleido.latents import LatentType
     from kaleido.latents.base import Extractor
 
@@ -192,7 +238,7 @@ def test_log_samples_refuses_unmeasured_latent_types_before_training() -> None:
         def __call__(self, images: torch.Tensor, conditions: object) -> list[int]:
             return [1] * len(images)
 
-    class Count(LatentType):
+    class Count(LatentType):  # no adherence hook
         name = "count"
 
         def format(self, latent: int) -> str:
@@ -204,9 +250,33 @@ def test_log_samples_refuses_unmeasured_latent_types_before_training() -> None:
         def build_extractor(self) -> Extractor:
             return One()
 
-    data = tiny_datamodule(num_train=16)
-    data.latent_types.append(Count())
-    model = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
-    with pytest.raises(ValueError, match=r"no measure for latent types \['count'\]"):
-        LogSamples(adherence=True).setup(None, model, "fit")  # type: ignore[arg-type]
-    LogSamples(adherence=False).setup(None, model, "fit")  # type: ignore[arg-type]
+    class Tally(Count):  # an adherence hook, but no extractor
+        name = "tally"
+
+        def build_extractor(self) -> Extractor:
+            raise NotImplementedError("nothing counts tallies")
+
+        def adherence(self, latent: int, found: int) -> dict[str, float]:
+            return {"equal": float(latent == found)}
+
+    from kaleido.tokenizer import KaleidoTokenizer
+
+    data = tiny_datamodule(num_train=16)  # reads the text latent (ShapesTextLatent) off its images
+    corpus = [condition for condition, _ in data.texts()] + ["1 objects", "2 objects"]
+    tokenizer = KaleidoTokenizer.train(corpus, [ShapesTextLatent(), Count(), Tally()], vocab_size=300)
+    model = kaleido.Kaleido(tokenizer=tokenizer, **tiny_model_kwargs())
+    trainer = SimpleNamespace(datamodule=data)
+    callback = LogSamples(["a circle"], adherence=True)
+    logged: list[str] = []
+    monkeypatch.setattr(kaleido.callbacks, "rank_zero_info", logged.append)
+    callback.setup(trainer, model, "fit")  # type: ignore[arg-type]
+    assert callback.readers is not None and set(callback.readers.extractors) == {"text"}
+    assert set(callback.readers.skipped) == {"count", "tally"}
+    assert "declares no adherence hook" in callback.readers.skipped["count"]
+    assert "nothing counts tallies" in callback.readers.skipped["tally"]
+    notes = callback.readers.notes()
+    assert len(notes) == 2 and all(f"skipping the {name!r} latent" in "".join(notes) for name in ("count", "tally"))
+    assert logged == [f"LogSamples: {note}" for note in notes]  # one line each, when training starts
+    off = LogSamples(["a circle"], adherence=False)
+    off.setup(trainer, model, "fit")  # type: ignore[arg-type]
+    assert off.readers is None

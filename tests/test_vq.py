@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 import kaleido
 from kaleido.__main__ import main
-from kaleido.data.shapes import ShapesConfig
-from kaleido.data.shapes_datamodule import ShapesDataModule
 from kaleido.latents import LatentParseError, build_latent_type
 from kaleido.latents.visual_token import VisualTokenLatent
-from kaleido.modules.vq import VQTokenizer, load_vqvae, perplexity
-from kaleido.nn.vqvae import VQVAE, VectorQuantizer, VQSettings
+from kaleido.modules.vq import VQTokenizer, perplexity
+from kaleido.nn.vqvae import VQVAE, VectorQuantizer, VQSettings, load_vqvae
+from kaleido.shapes.datamodule import ShapesDataModule
+from kaleido.shapes.scenes import ShapesConfig
 from kaleido.tokenizer import KaleidoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,13 +24,12 @@ from typing import Any, Literal
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kaleido.data.collate import make_loader
+from kaleido.data.contract import KaleidoData
 from kaleido.data.folder_format import (
     LATENTS_DIR,
-    METADATA,
     FolderDataError,
     FolderRecord,
     extract_command,
@@ -40,7 +39,6 @@ from kaleido.data.folder_format import (
     read_sidecar,
     sidecar_path,
 )
-from kaleido.data.shapes import ShapesConfig, ShapesDataset, condition_text, render
 from kaleido.latents import LatentType, build_latent_type
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
 
@@ -70,13 +68,17 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def item_id(self, index: int) -> str:
+        """Item ``index``'s id (its file name), without reading the image."""
+        return self.items[index].file_name
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         image = load_image(self.root / item.file_name, self.image_size)
         return {"id": item.file_name, "image": image, "condition": item.condition, "latents": dict(item.latents)}
 
 
-class ImageFolderDataModule(LightningDataModule):
+class ImageFolderDataModule(LightningDataModule, KaleidoData):
     """Real images from a folder (``metadata.jsonl`` + image files), with latents read from the
     sidecars ``latents/<type>.jsonl`` that ``python -m kaleido extract`` writes. See ``docs/data.md``.
 
@@ -222,6 +224,30 @@ class ImageFolderDataModule(LightningDataModule):
             raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
         return ImageFolderDataset(self.root, splits[split], self.image_size)
 
+    # -- the data contract ---------------------------------------------------------------------
+    def images(self, split: Literal["train", "val"]) -> ImageFolderDataset:
+        return self.dataset(split)
+
+    def conditions(self, split: Literal["train", "val"], count: int | None = None) -> list[str]:
+        return [item.condition for item in self.load()[split][:count]]
+
+    def identity(self) -> str:
+        """The folder, the image size, the split and the training-set size: what fixes its images."""
+        settings = {
+            "root": str(self.root.resolve()),
+            "image_size": self.image_size,
+            "val_fraction": self.val_fraction,
+            "num_train": len(self.load()["train"]),
+        }
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        return f"folder-{self.root.name}-{self.image_size}px-{digest}"
+
+    def ground_truth(self, split: Literal["train", "val"], latent_type: LatentType, count: int | None = None) -> list[Any] | None:
+        """The sidecar latents of the split's items (what training reads)."""
+        if latent_type not in self.latent_types:
+            return None
+        return [item.latents[latent_type.name] for item in self.load()[split][:count]]
+
     @property
     def tokenizer(self) -> KaleidoTokenizer:
         """The prior's tokenizer: trained on the training split's texts (or loaded), limits checked."""
@@ -240,20 +266,4 @@ class ImageFolderDataModule(LightningDataModule):
         return make_loader(self.dataset("val"), self.tokenizer, self.batch_size, self.num_workers, False, self.pad_to_limits)
 
 
-# -- a folder from the embedded shapes data (tests, docs, trying the pipeline) ---------------------
-def export_shapes(root: str | Path, num_items: int, shapes: ShapesConfig | None = None, seed: int = 0) -> Path:
-    """Render ``num_items`` scenes of the embedded ``shapes`` data set (:class:`ShapesConfig` ``shapes``)
-    as PNGs in ``root`` with a ``metadata.jsonl`` whose captions are the conditions ("a circle")."""
-    dataset = ShapesDataset(num_items, shapes or ShapesConfig(), seed=seed)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / METADATA, "w", encoding="utf-8") as metadata:
-        for index in range(num_items):
-            scene = dataset.scene(index)
-            file_name = f"{index:06d}.png"
-            Image.fromarray(render(scene, dataset.config.resolution)).save(root / file_name)
-            metadata.write(json.dumps({"file_name": file_name, "caption": condition_text(scene)}) + "\n")
-    return root
-
-
-__all__ = ["ImageFolderDataModule", "ImageFolderDataset", "export_shapes"]
+__all__ = ["ImageFolderDataModule", "ImageFolderDataset"]

@@ -1,11 +1,13 @@
 """Latent-type plugins and their registry. Importing this package registers the built-ins."""
 
 from kaleido.latents.base import (
+    HOOKS,
     Extractor,
     FourierGeometryEncoder,
     LatentEncoder,
     LatentParseError,
     LatentType,
+    implements,
     segment_tag,
 )
 from kaleido.latents.blob import BlobLatent, GroundedBlob
@@ -21,6 +23,7 @@ from kaleido.latents.text import TextLatent
 from kaleido.latents.visual_token import VisualTokenExtractor, VisualTokenLatent
 
 __all__ = [
+    "HOOKS",
     "BlobLatent",
     "BoxLatent",
     "GroundedBlob",
@@ -36,6 +39,7 @@ __all__ = [
     "VisualTokenLatent",
     "available_latent_types",
     "build_latent_type",
+    "implements",
     "latent_type_class",
     "register_latent_type",
     "segment_tag",

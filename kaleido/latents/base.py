@@ -10,6 +10,17 @@ A latent type bundles three parts (DESIGN.md):
 * **extractor** -- images (+ condition) → latent objects, to build training data offline
   (``build_extractor``).
 
+Optional hooks, each declared by overriding it (:func:`implements` tells whether a type did); generic
+code calls them and never asks which type it holds, and skips a type without one, saying so:
+
+* ``adherence(latent, found)`` -- named scores in [0, 1] of how closely an image follows the ``z`` it
+  was drawn from, judged by the latent an extractor reads back off the image (``evaluate``,
+  ``adherence``, ``LogSamples``);
+* ``draw(image, latent)`` -- the latent drawn over an image (grids, TensorBoard, notebooks);
+* ``decode(latents)`` -- the image each latent stands for, where a type can render one (visual
+  tokens): adherence then also reports the ceiling a perfect sample would reach;
+* ``geometry_width`` / ``geometry_spans`` -- per-object geometry for the encoder.
+
 Subclasses are small typed classes: their ``__init__`` arguments are what a YAML ``init_args`` sets,
 and ``init_args()`` must return them so a checkpoint can rebuild the type.
 """
@@ -20,10 +31,13 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # (start, end) character span of one object in a latent text, and its geometry vector.
 GeometrySpan = tuple[int, int, tuple[float, ...]]
@@ -144,6 +158,23 @@ class LatentType(ABC):
     def build_extractor(self) -> Extractor:
         raise NotImplementedError(f"latent type {self.name!r} ships no extractor")
 
+    # -- optional hooks ----------------------------------------------------------------------------
+    def adherence(self, latent: Any, found: Any) -> dict[str, float]:
+        """How closely an image follows ``latent`` (the z it was drawn from), judged by ``found``, what an
+        extractor reads back off the image (normally a latent object of this type): named scores in
+        [0, 1], higher is closer, the same names for every sample. Not overridden: no measure."""
+        raise NotImplementedError(f"latent type {self.name!r} declares no adherence measure")
+
+    def draw(self, image: Image.Image, latent: Any) -> None:
+        """Draw ``latent`` over ``image`` (a PIL RGB image, any size), in place. Not overridden: the
+        type has nothing to draw (its text caption says it all)."""
+        raise NotImplementedError(f"latent type {self.name!r} declares no drawing")
+
+    def decode(self, latents: Sequence[Any]) -> Tensor:
+        """The image each latent stands for, [N, 3, H, W] in [-1, 1], where the type can render one (a
+        VQ decoder). Not overridden: it cannot."""
+        raise NotImplementedError(f"latent type {self.name!r} cannot render its latents")
+
     # -- identity ------------------------------------------------------------------------------
     def init_args(self) -> dict[str, Any]:
         """The constructor arguments, so a checkpoint can rebuild this type (``cls(**init_args())``)."""
@@ -165,6 +196,16 @@ class LatentType(ABC):
         return f"{type(self).__name__}({args})"
 
 
+HOOKS = ("adherence", "draw", "decode")
+
+
+def implements(latent_type: LatentType, hook: str) -> bool:
+    """Whether ``latent_type`` declares the optional ``hook`` (one of :data:`HOOKS`), i.e. overrides it."""
+    if hook not in HOOKS:
+        raise ValueError(f"{hook!r} is not an optional hook of a latent type; they are {', '.join(HOOKS)}")
+    return getattr(type(latent_type), hook) is not getattr(LatentType, hook)
+
+
 def segment_tag(latent_type: LatentType | str) -> str:
     """The special token that opens a type's segment in the prior's latent sequence."""
     name = latent_type if isinstance(latent_type, str) else latent_type.name
@@ -175,9 +216,11 @@ __all__ = [
     "Extractor",
     "FourierGeometryEncoder",
     "GeometrySpan",
+    "HOOKS",
     "LatentEncoder",
     "LatentParseError",
     "LatentType",
     "check_fourier_frequencies",
+    "implements",
     "segment_tag",
 ]

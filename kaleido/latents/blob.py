@@ -15,20 +15,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from torch import Tensor
+import numpy as np
+from PIL import Image
 
 from kaleido.latents.base import Extractor
-from kaleido.latents.geometry import GroundedLatent, Order, range_problem, to_grid
-from kaleido.latents.masks import snap_isotropic
+from kaleido.latents.drawing import draw_ellipse
+from kaleido.latents.geometry import GroundedLatent, range_problem, to_grid
 from kaleido.latents.registry import register_latent_type
 
-if TYPE_CHECKING:
-    from kaleido.data.shapes import Scene
-    from kaleido.data.shapes_parser import ParsedObject
-
 PARAMETERS = ("cx", "cy", "a", "b", "theta")
+ELLIPSE_GRID = 128  # samples per side of the window two ellipses are rasterised on: IoU to ~1%
 
 
 @dataclass(frozen=True)
@@ -106,51 +104,52 @@ class BlobLatent(GroundedLatent):
         *ellipse, theta = self.to_normalised(obj)
         return (*ellipse, math.cos(math.radians(2 * theta)), math.sin(math.radians(2 * theta)))
 
+    def overlap(self, first: Sequence[float], second: Sequence[float]) -> float:
+        return ellipse_iou(first, second)
+
+    def outline(self, image: Image.Image, shape: Sequence[float], color: tuple[int, int, int]) -> None:
+        draw_ellipse(image, shape, color)
+
     def build_extractor(self) -> Extractor:
-        """The analytic extractor of the embedded ``shapes`` data; for real images construct
-        :class:`kaleido.latents.extractors.SamBlobExtractor` with local SAM and detector checkpoints."""
-        return ShapesBlobExtractor(self.grid, self.max_objects, self.order)
+        """Blobs of real images come from a segmenter: construct
+        :class:`kaleido.latents.extractors.SamBlobExtractor` with local SAM and detector checkpoints.
+        A data set with its own reading of blobs offers it instead (``latent_extractor``, docs/data.md)."""
+        raise NotImplementedError(
+            "the blob latent has no built-in extractor: segment the images with local models, "
+            "kaleido.latents.extractors.SamBlobExtractor (see docs/latents.md)"
+        )
 
 
-def scene_blobs(
-    scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster", fourier_frequencies: int = 0
-) -> list[GroundedBlob]:
-    """The exact blob latent of a ``shapes`` scene (``ShapeObject.ellipse``; all circles): its ground truth.
-    Takes every ``BlobLatent`` argument, so ``scene_blobs(scene, **latent.init_args())`` works."""
-    latent = BlobLatent(grid, max_objects, order, fourier_frequencies)
-    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.ellipse) for o in scene.objects])
+def ellipse_iou(first: Sequence[float], second: Sequence[float], grid: int = ELLIPSE_GRID) -> float:
+    """IoU of two ellipses ``(cx, cy, a, b, theta)`` (normalised, theta in degrees from +x towards +y),
+    by rasterising both on a ``grid x grid`` window over the union of their bounding boxes."""
+    bounds = np.array([_ellipse_bounds(e) for e in (first, second)])
+    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+    x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    xs = x0 + (np.arange(grid) + 0.5) * (x1 - x0) / grid
+    ys = y0 + (np.arange(grid) + 0.5) * (y1 - y0) / grid
+    x, y = np.meshgrid(xs, ys)
+    inside = [_inside_ellipse(e, x, y) for e in (first, second)]
+    union = np.count_nonzero(inside[0] | inside[1])
+    return np.count_nonzero(inside[0] & inside[1]) / union if union else 0.0
 
 
-class ShapesBlobExtractor(Extractor):
-    """Ellipses of ``shapes`` images from the analytic parser (soft-coverage moments, no model).
-
-    Near-circles (axes within ``isotropy_tolerance``) become circles with ``theta = 0``: rasterised
-    squares and circles are isotropic up to pixel noise, and a noisy angle is nothing to learn.
-    With more than ``max_objects`` objects the largest are kept.
-    """
-
-    def __init__(
-        self,
-        grid: int = 1000,
-        max_objects: int = 8,
-        order: Order = "raster",
-        min_area: float = 0.005,
-        isotropy_tolerance: float = 0.05,
-    ) -> None:
-        self.latent = BlobLatent(grid, max_objects, order)
-        self.grid, self.min_area, self.isotropy_tolerance = grid, min_area, isotropy_tolerance
-
-    def from_parsed(self, parsed: Sequence[ParsedObject]) -> list[GroundedBlob]:
-        largest = sorted(parsed, key=lambda o: -o.area)[: self.latent.max_objects]
-        return self.latent.canonical([
-            self.latent.from_normalised(f"{o.color} {o.shape}", snap_isotropic(o.ellipse, self.isotropy_tolerance))
-            for o in largest
-        ])
-
-    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBlob]]:  # noqa: ARG002
-        from kaleido.data.shapes_parser import parse_image  # late: keeps `import kaleido.latents` light
-
-        return [self.from_parsed(parse_image(image, min_area=self.min_area)) for image in images]
+def _ellipse_bounds(ellipse: Sequence[float]) -> tuple[float, float, float, float]:
+    cx, cy, a, b, theta = (float(v) for v in ellipse)
+    c, s = math.cos(math.radians(theta)), math.sin(math.radians(theta))
+    half_x, half_y = math.hypot(a * c, b * s), math.hypot(a * s, b * c)
+    return cx - half_x, cy - half_y, cx + half_x, cy + half_y
 
 
-__all__ = ["BlobLatent", "GroundedBlob", "ShapesBlobExtractor", "scene_blobs"]
+def _inside_ellipse(ellipse: Sequence[float], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    cx, cy, a, b, theta = (float(v) for v in ellipse)
+    if a <= 0 or b <= 0:  # a degenerate ellipse covers nothing
+        return np.zeros(x.shape, dtype=bool)
+    c, s = math.cos(math.radians(theta)), math.sin(math.radians(theta))
+    u, v = (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
+    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+__all__ = ["BlobLatent", "GroundedBlob", "ellipse_iou"]

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from torch import Tensor
+from PIL import Image
 
 from kaleido.latents.base import Extractor
-from kaleido.latents.geometry import GroundedLatent, Order, range_problem, to_grid
+from kaleido.latents.drawing import draw_box
+from kaleido.latents.geometry import GroundedLatent, range_problem, to_grid
 from kaleido.latents.registry import register_latent_type
-
-if TYPE_CHECKING:
-    from kaleido.data.shapes import Scene
-    from kaleido.data.shapes_parser import ParsedObject
 
 COORDINATES = ("x1", "y1", "x2", "y2")
 
@@ -92,39 +89,30 @@ class BoxLatent(GroundedLatent):
     def geometry(self, obj: GroundedBox) -> tuple[float, ...]:
         return self.to_normalised(obj)
 
+    def overlap(self, first: Sequence[float], second: Sequence[float]) -> float:
+        return box_iou(first, second)
+
+    def outline(self, image: Image.Image, shape: Sequence[float], color: tuple[int, int, int]) -> None:
+        draw_box(image, shape, color)
+
     def build_extractor(self) -> Extractor:
-        """The analytic extractor of the embedded ``shapes`` data; for real images construct
-        :class:`kaleido.latents.extractors.DetectorBoxExtractor` with a local detector checkpoint."""
-        return ShapesBoxExtractor(self.grid, self.max_objects, self.order)
+        """Boxes of real images come from a detector: construct
+        :class:`kaleido.latents.extractors.DetectorBoxExtractor` with a local checkpoint (``kaleido
+        extract --extractor``), so no machine-local path becomes part of the latent type. A data set
+        with its own reading of boxes offers it instead (``latent_extractor``, docs/data.md)."""
+        raise NotImplementedError(
+            "the box latent has no built-in extractor: detect boxes with a local model, "
+            "kaleido.latents.extractors.DetectorBoxExtractor (model_path=DIR; see docs/latents.md)"
+        )
 
 
-def scene_boxes(
-    scene: Scene, grid: int = 1000, max_objects: int = 8, order: Order = "raster", fourier_frequencies: int = 0
-) -> list[GroundedBox]:
-    """The exact box latent of a ``shapes`` scene (phrase ``"<colour> <shape>"``): its ground truth.
-    Takes every ``BoxLatent`` argument, so ``scene_boxes(scene, **latent.init_args())`` works."""
-    latent = BoxLatent(grid, max_objects, order, fourier_frequencies)
-    return latent.canonical([latent.from_normalised(f"{o.color} {o.shape}", o.box) for o in scene.objects])
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes ``(x1, y1, x2, y2)``."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
-class ShapesBoxExtractor(Extractor):
-    """Boxes of ``shapes`` images from the analytic parser (no model): phrase ``"<colour> <shape>"``.
-
-    With more than ``max_objects`` objects the largest are kept.
-    """
-
-    def __init__(self, grid: int = 1000, max_objects: int = 8, order: Order = "raster", min_area: float = 0.005) -> None:
-        self.latent = BoxLatent(grid, max_objects, order)
-        self.grid, self.min_area = grid, min_area
-
-    def from_parsed(self, parsed: Sequence[ParsedObject]) -> list[GroundedBox]:
-        largest = sorted(parsed, key=lambda o: -o.area)[: self.latent.max_objects]
-        return self.latent.canonical([self.latent.from_normalised(f"{o.color} {o.shape}", o.box) for o in largest])
-
-    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBox]]:  # noqa: ARG002
-        from kaleido.data.shapes_parser import parse_image  # late: keeps `import kaleido.latents` light
-
-        return [self.from_parsed(parse_image(image, min_area=self.min_area)) for image in images]
-
-
-__all__ = ["BoxLatent", "GroundedBox", "ShapesBoxExtractor", "scene_boxes"]
+__all__ = ["BoxLatent", "GroundedBox", "box_iou"]

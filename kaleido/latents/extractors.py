@@ -240,7 +240,7 @@ class SamBlobExtractor(Extractor):
     Args:
         sam_path: local directory with a ``SamModel`` and its ``SamProcessor`` (``save_pretrained``).
         box_extractor: anything that returns box latents and has their ``grid`` (e.g.
-            :class:`DetectorBoxExtractor`, :class:`~kaleido.latents.box.ShapesBoxExtractor`).
+            :class:`DetectorBoxExtractor`, :class:`kaleido.shapes.latents.ShapesBoxExtractor`).
         grid / max_objects / order: those of the :class:`~kaleido.latents.blob.BlobLatent` produced.
         isotropy_tolerance: axes closer than this fraction become a circle with ``theta = 0``.
         device: where SAM runs.

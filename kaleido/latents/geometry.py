@@ -7,13 +7,14 @@ non-negative integer written as plain digits. This module holds
   character position;
 * phrase rules (:func:`phrase_problem`, :func:`clean_phrase`) and quantisation to the integer grid;
 * :class:`GroundedLatent`, the shared latent-type base, with the optional GLIGEN-style geometry
-  features of its encoder (``fourier_frequencies``);
+  features of its encoder (``fourier_frequencies``), and its adherence (objects paired by largest
+  total overlap, :mod:`kaleido.latents.pairing`) and drawing hooks;
 
 Masks, their ellipses and image helpers for extractors are in :mod:`kaleido.latents.masks`.
 
 Geometry is in normalised image coordinates (``x`` right, ``y`` *down*, both in ``[0, 1]``; pixel
 ``(row, col)`` of an ``H x W`` image covers ``[col/W, (col+1)/W) x [row/H, (row+1)/H)``), the
-convention of :mod:`kaleido.data.shapes`; a latent type multiplies by its ``grid`` and rounds.
+convention of :mod:`kaleido.shapes.scenes`; a latent type multiplies by its ``grid`` and rounds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from numbers import Real
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from PIL import Image
 from torch import nn
 
 from kaleido.latents.base import (
@@ -36,6 +38,8 @@ from kaleido.latents.base import (
     LatentType,
     check_fourier_frequencies,
 )
+from kaleido.latents.drawing import object_color
+from kaleido.latents.pairing import Shape, pair_objects
 from kaleido.latents.text import RESERVED
 
 SEPARATOR = "; "
@@ -278,6 +282,18 @@ class GroundedLatent(LatentType):
     def geometry(self, obj: Any) -> tuple[float, ...]:
         """The encoder's normalised geometry vector of one object (``geometry_names``, each about in ``[0, 1]``)."""
 
+    @abstractmethod
+    def to_normalised(self, obj: Any) -> Shape:
+        """One object's shape in normalised image coordinates (what :meth:`overlap` and :meth:`outline` take)."""
+
+    @abstractmethod
+    def overlap(self, first: Shape, second: Shape) -> float:
+        """The IoU of two normalised shapes."""
+
+    @abstractmethod
+    def outline(self, image: Image.Image, shape: Shape, color: tuple[int, int, int]) -> None:
+        """Draw one normalised shape over ``image``, in place."""
+
     # -- tokenizer ---------------------------------------------------------------------------------
     def canonical(self, objects: Sequence[Any]) -> list[Any]:
         """Validated objects with integer numbers, in this type's order. Raises ``ValueError``."""
@@ -308,6 +324,27 @@ class GroundedLatent(LatentType):
     def scan(self, text: str) -> list[ScannedObject]:
         """The objects of ``text`` with their positions; raises :class:`LatentParseError` on bad text."""
         return scan_grounded(text, self.name, self.values, self.max_objects, self.check)
+
+    # -- adherence and drawing -------------------------------------------------------------------
+    def adherence(self, latent: Sequence[Any], found: Sequence[Any]) -> dict[str, float]:
+        """``iou``: the mean over the latent's objects of the IoU with the found object each is paired
+        with (unpaired: 0; extra found objects are ignored); ``iou_exact``: the same sum over
+        ``max(latent, found)`` objects, so extra objects count as 0 too; ``phrases``: the share of the
+        latent's objects paired (IoU > 0) with a found object of the same phrase; ``empty``: 1 for a
+        latent without objects (which scores 1 in the others only if nothing is found either)."""
+        def shapes(objects: Sequence[Any]) -> list[tuple[str, Shape]]:
+            return [(obj.phrase, self.to_normalised(obj)) for obj in objects]
+
+        pairing = pair_objects(shapes(latent), shapes(found), self.overlap)
+        empty = float(not latent)
+        return {"iou": pairing.iou(), "iou_exact": pairing.iou_exact(), "phrases": pairing.phrases(), "empty": empty}
+
+    def draw(self, image: Image.Image, latent: Sequence[Any]) -> None:
+        """Each object's outline, one palette colour per object in the latent's order (objects, or
+        ``(phrase, numbers)`` pairs)."""
+        for index, obj in enumerate(latent):
+            phrase, values = self.unpack(obj)
+            self.outline(image, self.to_normalised(self.make(phrase, tuple(values))), object_color(index))
 
     # -- encoder -----------------------------------------------------------------------------------
     def geometry_width(self) -> int:

@@ -79,5 +79,9 @@ def build_latent_type(spec: str | LatentType | dict[str, Any]) -> LatentType:
     if isinstance(spec, str):
         return latent_type_class(spec)()
     if isinstance(spec, dict) and "class_path" in spec:
-        return _import_class(spec["class_path"])(**spec.get("init_args", {}))
+        cls, init_args = _import_class(spec["class_path"]), spec.get("init_args", {})
+        try:
+            return cls(**init_args)
+        except TypeError as error:  # arguments the class does not take (a spec from another version)
+            raise TypeError(f"cannot build latent type {spec['class_path']} with init_args {init_args}: {error}") from None
     raise TypeError(f"a latent type is a registered name, a LatentType, or a class_path dict; got {spec!r}")

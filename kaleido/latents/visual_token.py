@@ -29,6 +29,7 @@ from torch import Tensor
 
 from kaleido.latents.base import Extractor, LatentParseError, LatentType
 from kaleido.latents.registry import register_latent_type
+from kaleido.nn.vqvae import load_vqvae
 
 SEPARATOR = "#"
 _CODE = re.compile(r"\s*(?:<v([0-9]+)>|([0-9]+))\s*")  # one code: <v12> or 12, with optional spaces around it
@@ -113,6 +114,12 @@ class VisualTokenLatent(LatentType):
             self._extractor = VisualTokenExtractor(self.checkpoint, self.codebook_size, self.num_tokens)
         return self._extractor
 
+    def adherence(self, latent: Sequence[int], found: Sequence[int]) -> dict[str, float]:
+        """``agreement``: the share of positions where the codes read back off the image (re-encoded by
+        the VQ) equal z's; ``exact``: 1 when every code does."""
+        agreement = sum(a == b for a, b in zip(latent, found)) / len(latent) if len(latent) == len(found) else 0.0
+        return {"agreement": agreement, "exact": float(agreement == 1.0)}
+
     def decode(self, latents: Sequence[int] | Sequence[Sequence[int]]) -> Tensor:
         """Codes of one image → [3, H, W], or of several → [N, 3, H, W], in [-1, 1] (for display)."""
         single = len(latents) > 0 and isinstance(latents[0], numbers.Integral)
@@ -135,8 +142,6 @@ class VisualTokenExtractor(Extractor):
     """
 
     def __init__(self, checkpoint: str, codebook_size: int, num_tokens: int, device: str = "cpu") -> None:
-        from kaleido.modules.vq import load_vqvae
-
         self.vq = load_vqvae(checkpoint, device)
         self.device = device
         found = (self.vq.codebook_size, self.vq.num_tokens)

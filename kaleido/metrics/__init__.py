@@ -1,4 +1,4 @@
-"""Sample-quality and diversity metrics: FID, improved precision/recall, Vendi score, mode coverage.
+"""Sample-quality and diversity metrics: FID, improved precision/recall, Vendi score, mode coverage, latent adherence.
 
 All image inputs follow the project convention (float [B, 3, H, W] in [-1, 1]); the metrics
 themselves work on features from a pluggable `FeatureExtractor`.
@@ -28,26 +28,23 @@ from kaleido.metrics.features import (
     find_inception_weights,
 )
 from kaleido.metrics.modes import (
-    ATTRIBUTES,
     AttributeCoverage,
     ModeCoverage,
     attribute_coverage,
     covered_modes,
-    mode_coverage,
-    shapes_mode_coverage,
     total_variation,
+    votes_coverage,
 )
 from kaleido.metrics.precision_recall import PrecisionRecall, knn_radii, manifold_coverage, precision_recall
 from kaleido.metrics.reference import FeatureStats, ReferenceStatsCache, StatsAccumulator, compute_feature_stats
 
 if TYPE_CHECKING:
-    from kaleido.metrics.fid import FID, PrecomputedFeatures, compute_fid, frechet_distance, stats_distance
+    from kaleido.metrics.fid import FID, compute_fid
 
 # Only the FID names are lazy: they need torchmetrics.
-_LAZY = {name: "kaleido.metrics.fid" for name in ("FID", "PrecomputedFeatures", "compute_fid", "frechet_distance", "stats_distance")}
+_LAZY = {name: "kaleido.metrics.fid" for name in ("FID", "compute_fid")}
 
 __all__ = [
-    "ATTRIBUTES",
     "AttributeCoverage",
     "FEATURE_EXTRACTORS",
     "FID",
@@ -56,7 +53,6 @@ __all__ = [
     "InceptionFeatures",
     "ModeCoverage",
     "PrecisionRecall",
-    "PrecomputedFeatures",
     "ReferenceStatsCache",
     "StatsAccumulator",
     "TimmFeatures",
@@ -67,16 +63,13 @@ __all__ = [
     "covered_modes",
     "extract_features",
     "find_inception_weights",
-    "frechet_distance",
     "knn_radii",
     "manifold_coverage",
     "mean_pairwise_similarity",
-    "mode_coverage",
     "pairwise_cosine_similarity",
     "precision_recall",
-    "shapes_mode_coverage",
-    "stats_distance",
     "total_variation",
+    "votes_coverage",
     "vendi_score",
     "vendi_score_from_kernel",
 ]

@@ -175,8 +175,17 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise ImportError('timm feature extractors need timm: pip install "kaleido[timm]"') from None
+    return timm
+
+
 class TimmFeatures(FeatureExtractor):
-    """Pooled pre-logit features of any timm model, with weights read from a local file.
+    """Pooled pre-logit features of any timm model, with weights read from a local file
+    (needs the ``timm`` extra: ``pip install "kaleido[timm]"``).
 
     The model is built with ``timm.create_model(model_name, pretrained=False, num_classes=0)``
     (nothing downloaded) and `weights_path` (``.safetensors`` or a torch file, loaded with
@@ -195,7 +204,7 @@ class TimmFeatures(FeatureExtractor):
         **model_kwargs: Any,
     ) -> None:
         super().__init__(quantize=quantize)
-        import timm
+        timm = _import_timm()
         from timm.data import resolve_data_config
 
         if not timm.is_model(model_name):
@@ -269,7 +278,7 @@ def build_feature_extractor(name: str = "inception", weights_path: str | Path | 
 
         if timm.is_model(name):
             hint = f"; did you mean 'timm:{name}'?"
-    except ImportError:  # pragma: no cover - timm is a core dependency
+    except ImportError:  # the optional timm extra: no hint without it
         pass
     raise ValueError(f"unknown feature extractor '{name}', expected one of {FEATURE_EXTRACTORS}{hint}")
 

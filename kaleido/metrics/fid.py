@@ -2,9 +2,9 @@
 
 `FID` is torchmetrics' `FrechetInceptionDistance` driven by any kaleido `FeatureExtractor` (or by
 precomputed features): torchmetrics provides the streaming float64 sums, DDP reduction, reset
-semantics and Lightning logging; kaleido adds a cached reference (`FeatureStats`) for the real
-side and a numerically symmetric evaluation of the closed form. `compute_fid` is the one-call
-version for tensors that fit in memory.
+semantics, Lightning logging and the closed form; kaleido adds a cached reference (`FeatureStats`)
+for the real side. `compute_fid` is the one-call version (what ``kaleido evaluate`` uses), through
+the same metric.
 """
 
 from __future__ import annotations
@@ -20,36 +20,7 @@ from kaleido.metrics.features import extract_features
 from kaleido.metrics.reference import FeatureStats, compute_feature_stats
 
 
-def _sqrtm_psd(a: Tensor) -> Tensor:
-    eigvals, eigvecs = torch.linalg.eigh(a)
-    return (eigvecs * eigvals.clamp_min(0).sqrt()) @ eigvecs.T
-
-
-def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
-    """Squared Fréchet (2-Wasserstein) distance of N(mu1, sigma1) and N(mu2, sigma2), float64:
-
-        ||mu1 - mu2||² + tr(Σ1) + tr(Σ2) - 2 tr((Σ1 Σ2)^½)
-
-    tr((Σ1 Σ2)^½) is evaluated as tr((Σ1^½ Σ2 Σ1^½)^½): same eigenvalues, but the matrix is
-    symmetric PSD, so `eigvalsh` applies and rounding cannot produce complex square roots
-    (the failure mode of the usual `sqrtm(Σ1 @ Σ2)`).
-    """
-    mu1, mu2 = mu1.double(), mu2.to(mu1.device, torch.float64)
-    sigma1, sigma2 = sigma1.to(mu1.device, torch.float64), sigma2.to(mu1.device, torch.float64)
-    root1 = _sqrtm_psd((sigma1 + sigma1.T) / 2)
-    middle = root1 @ sigma2 @ root1
-    eig = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0)
-    return (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * eig.sqrt().sum()
-
-
-def stats_distance(a: FeatureStats, b: FeatureStats) -> float:
-    """`frechet_distance` of two `FeatureStats`."""
-    if a.num_features != b.num_features:
-        raise ValueError(f"feature dimensions differ: {a.num_features} vs {b.num_features}")
-    return float(frechet_distance(a.mean, a.cov, b.mean, b.cov))
-
-
-class PrecomputedFeatures(nn.Module):
+class _PrecomputedFeatures(nn.Module):
     """Identity "extractor" so `FID` can be fed feature vectors [B, num_features] directly."""
 
     def __init__(self, num_features: int) -> None:
@@ -90,7 +61,7 @@ class FID(FrechetInceptionDistance):
         if extractor is None:
             if num_features is None:
                 raise ValueError("give either a feature extractor or num_features")
-            extractor = PrecomputedFeatures(num_features)
+            extractor = _PrecomputedFeatures(num_features)
         if not isinstance(getattr(extractor, "num_features", None), int):
             # Without it torchmetrics would probe the module with a uint8 dummy image.
             raise TypeError("the extractor needs an int attribute `num_features`")
@@ -163,9 +134,30 @@ class FID(FrechetInceptionDistance):
         """Statistics of the generated side accumulated since the last reset."""
         return self._stats(self.fake_features_sum, self.fake_features_cov_sum, self.fake_features_num_samples, "fake")
 
+    def _load_stats(self, stats: FeatureStats, real: bool) -> None:
+        """Set one side's torchmetrics states (sum of features, sum of their outer products, count)
+        to those of `stats`."""
+        if stats.num_features != self.num_features:
+            raise ValueError(f"feature dimensions differ: {stats.num_features} vs {self.num_features}")
+        side, n = ("real" if real else "fake"), stats.num_samples
+        mean, cov = stats.mean.to(self.device, torch.float64), stats.cov.to(self.device, torch.float64)
+        setattr(self, f"{side}_features_sum", mean * n)
+        setattr(self, f"{side}_features_cov_sum", cov * (n - 1) + n * torch.outer(mean, mean))
+        setattr(self, f"{side}_features_num_samples", torch.tensor(n, device=self.device))
+        if not hasattr(self, "orig_dtype"):  # set by torchmetrics' update(), which casts the FID to it
+            self.orig_dtype = torch.float64
+
     def compute(self) -> Tensor:
-        """FID (float64 scalar) between the real side and the generated side."""
-        return torch.tensor(stats_distance(self.real_stats(), self.fake_stats()), dtype=torch.float64)
+        """torchmetrics' FID between the real side (the reference, if set) and the generated side,
+        a scalar in the dtype of the features."""
+        if self.reference is None:
+            return super().compute()
+        local = self.real_features_sum, self.real_features_cov_sum, self.real_features_num_samples
+        self._load_stats(self.reference, real=True)
+        try:
+            return super().compute()
+        finally:  # the reference stays out of the metric state (see `set_reference`)
+            self.real_features_sum, self.real_features_cov_sum, self.real_features_num_samples = local
 
 
 def _restore_extractor_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
@@ -196,5 +188,11 @@ def compute_fid(
     batch_size: int = 64,
 ) -> float:
     """FID between two sets, each given as `FeatureStats`, features [N, D], images
-    [N, 3, H, W] in [-1, 1], or an iterable of image batches (images need `extractor`)."""
-    return stats_distance(_as_stats(real, extractor, batch_size), _as_stats(fake, extractor, batch_size))
+    [N, 3, H, W] in [-1, 1], or an iterable of image batches (images need `extractor`): the
+    statistics go into an `FID` metric, which computes torchmetrics' closed form."""
+    reference = _as_stats(real, extractor, batch_size)
+    metric = FID(num_features=reference.num_features, reference=reference)
+    metric._load_stats(_as_stats(fake, extractor, batch_size), real=False)
+    # The class's compute, not the instance's torchmetrics wrapper: that one would warn that
+    # update() never ran, and there is nothing to synchronise or cache here.
+    return float(FID.compute(metric))

@@ -1,22 +1,16 @@
-"""Mode coverage on ``shapes``: which attribute values appear in samples, against the data.
+"""Mode coverage of categorical attributes: which values appear in samples, against the data.
 
-For every condition (e.g. "a circle") and every attribute, the samples and the training data each
-give a histogram over the attribute's values:
-
-* ``color``, ``size``, ``position`` (the 3 × 3 grid cell of the centre): one vote per object;
-* ``count``: one vote per image, the number of objects (``"0"`` when the parser finds none).
-
-Sample scenes come from the analytic parser (:func:`kaleido.data.shapes_scene.scene_from_image`),
-data scenes from the data set's ground truth. Per (condition, attribute):
+For every condition and attribute, the samples and the data each give a histogram over the attribute's
+values (votes). Per (condition, attribute):
 
 * a **mode** is a value that holds at least ``min_share`` of the *data* histogram;
 * it is **covered** when it also holds at least ``min_share`` of the *sample* histogram;
 * **TV** is the total-variation distance ½ Σ_v |p_samples(v) − p_data(v)| over all values
-  (values only the samples show, e.g. misread colours, count against it too).
+  (values only the samples show count against it too).
 
-``min_share`` defaults to 5%: far below every mode's data share on the default data (colours 1/6,
-sizes 1/3, cells about 1/9, counts 1/3), so a mode is only missed when the model nearly drops it.
-Summaries average over conditions, then over attributes.
+Summaries average over conditions, then over attributes. A data set that can read attributes off its
+images uses this in its ``sample_metrics`` (``kaleido/shapes/modes.py`` does); the 2-D toy of the
+paper's Fig. 3 uses :func:`covered_modes`.
 """
 
 from __future__ import annotations
@@ -25,22 +19,8 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
-from kaleido.data.shapes import Scene
-
-ATTRIBUTES: tuple[str, ...] = ("color", "size", "position", "count")
+Votes = dict[str, list[str]]  # attribute → values, one per vote
 DEFAULT_MIN_SHARE = 0.05
-
-
-def scene_votes(scene: Scene) -> dict[str, list[str]]:
-    """The votes one scene casts per attribute (see the module docstring)."""
-    return {
-        "color": [o.color for o in scene.objects],
-        "size": [o.size for o in scene.objects],
-        "position": [o.position for o in scene.objects],
-        "count": [str(len(scene.objects))],
-    }
 
 
 def shares(votes: Iterable[Hashable]) -> dict[Hashable, float]:
@@ -102,58 +82,39 @@ class ModeCoverage:
         out: dict[str, float] = {}
         if not self.conditions:
             return out
-        for attribute in ATTRIBUTES:
+        attributes = list(next(iter(self.conditions.values())))
+        for attribute in attributes:
             rows = [per[attribute] for per in self.conditions.values()]
             out[f"{attribute}_coverage"] = sum(r.fraction for r in rows) / len(rows)
             out[f"{attribute}_tv"] = sum(r.tv for r in rows) / len(rows)
-        out["mode_coverage"] = sum(out[f"{a}_coverage"] for a in ATTRIBUTES) / len(ATTRIBUTES)
-        out["mode_tv"] = sum(out[f"{a}_tv"] for a in ATTRIBUTES) / len(ATTRIBUTES)
+        out["mode_coverage"] = sum(out[f"{a}_coverage"] for a in attributes) / len(attributes)
+        out["mode_tv"] = sum(out[f"{a}_tv"] for a in attributes) / len(attributes)
         rows = [r for per in self.conditions.values() for r in per.values()]
         out["modes_covered"] = float(sum(r.covered for r in rows))
         out["modes_total"] = float(sum(r.modes for r in rows))
         return out
 
 
-def _votes_by_condition(scenes: Sequence[Scene], conditions: Sequence[str]) -> dict[str, dict[str, list[str]]]:
-    if len(scenes) != len(conditions):
-        raise ValueError(f"{len(scenes)} scenes but {len(conditions)} conditions")
-    grouped: dict[str, dict[str, list[str]]] = {}
-    for scene, condition in zip(scenes, conditions):
-        votes = grouped.setdefault(condition, {a: [] for a in ATTRIBUTES})
-        for attribute, values in scene_votes(scene).items():
-            votes[attribute] += values
-    return grouped
-
-
-def mode_coverage(
-    sample_scenes: Sequence[Scene],
-    sample_conditions: Sequence[str],
-    data_scenes: Sequence[Scene],
-    data_conditions: Sequence[str],
-    min_share: float = DEFAULT_MIN_SHARE,
+def votes_coverage(
+    sample_votes: Mapping[str, Votes], data_votes: Mapping[str, Votes], attributes: Sequence[str], min_share: float
 ) -> ModeCoverage:
-    """Mode coverage of sample scenes against data scenes, condition by condition."""
-    samples = _votes_by_condition(sample_scenes, sample_conditions)
-    data = _votes_by_condition(data_scenes, data_conditions)
+    """Coverage of the samples' votes against the data's, condition by condition (votes keyed by condition)."""
     per_condition = {
-        condition: {a: attribute_coverage(votes[a], data[condition][a], min_share) for a in ATTRIBUTES}
-        for condition, votes in samples.items()
-        if condition in data
+        condition: {a: attribute_coverage(votes[a], data_votes[condition][a], min_share) for a in attributes}
+        for condition, votes in sample_votes.items()
+        if condition in data_votes
     }
-    return ModeCoverage(per_condition, min_share, unmatched=sorted(set(samples) - set(data)))
+    return ModeCoverage(per_condition, min_share, unmatched=sorted(set(sample_votes) - set(data_votes)))
 
 
-def shapes_mode_coverage(
-    images: Tensor,
-    conditions: Sequence[str],
-    data_scenes: Sequence[Scene],
-    data_conditions: Sequence[str],
-    min_share: float = DEFAULT_MIN_SHARE,
-) -> ModeCoverage:
-    """:func:`mode_coverage` of generated ``images`` [N, 3, H, W] in [-1, 1], read by the parser."""
-    from kaleido.data.shapes_scene import scene_from_image
-
-    if len(images) != len(conditions):
-        raise ValueError(f"{len(images)} images but {len(conditions)} conditions")
-    scenes = [scene_from_image(image, condition) for image, condition in zip(images, conditions)]
-    return mode_coverage(scenes, conditions, data_scenes, data_conditions, min_share)
+__all__ = [
+    "DEFAULT_MIN_SHARE",
+    "AttributeCoverage",
+    "ModeCoverage",
+    "Votes",
+    "attribute_coverage",
+    "covered_modes",
+    "shares",
+    "total_variation",
+    "votes_coverage",
+]

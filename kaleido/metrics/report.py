@@ -50,7 +50,7 @@ def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) ->
 
 
 # Settings that must agree for evaluations to share a table: the same samples, seeds and reference.
-COMPARABLE = ("num_samples", "sampler", "steps", "seed", "precision", "min_share")
+COMPARABLE = ("num_samples", "sampler", "steps", "seed", "precision")
 
 
 def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
         "results": sorted(
             (row for r in reports for row in r["results"]), key=lambda row: (models.index(row["model"]), row["cfg_scale"])
         ),
-        "modes": {k: v for r in reports for k, v in r.get("modes", {}).items()},
+        "sample_metrics": {k: v for r in reports for k, v in r.get("sample_metrics", {}).items()},
     }
     (output / "grids").mkdir(parents=True, exist_ok=True)
     for folder in inputs:

@@ -14,8 +14,6 @@ from kaleido.modules.settings import OptimizerSettings, SamplingSettings
 from kaleido.nn.prior import LatentPriorNet
 from kaleido.tokenizer import KaleidoTokenizer
 
-CHECKPOINT_KEY = "kaleido"
-
 
 def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSettings) -> dict[str, Any]:
     """Adam with a linear learning-rate warm-up, stepped per optimiser step (Lightning's format)."""

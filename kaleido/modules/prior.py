@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, log_options, sample_latent_ids
+from kaleido.checkpoint_io import CHECKPOINT_KEY
+from kaleido.modules.common import adam_with_warmup, checkpoint_record, log_options, sample_latent_ids
 from kaleido.modules.settings import OptimizerSettings, SamplingSettings, T5Settings, from_dict, to_dict
 from kaleido.nn.prior import LatentPriorNet
 from kaleido.tokenizer import KaleidoTokenizer

@@ -3,9 +3,10 @@ as dicts of plain values, so loading never needs to unpickle code."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Literal, TypeVar
 
+from kaleido.checkpoint_io import from_dict, to_dict
 from kaleido.nn.prior import T5Settings
 
 S = TypeVar("S")
@@ -66,23 +67,6 @@ class OptimizerSettings:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 1000
-
-
-def to_dict(settings: Any) -> dict[str, Any]:
-    return asdict(settings)
-
-
-def from_dict(cls: type[S], value: S | dict[str, Any] | None) -> S:
-    """Rebuild a settings dataclass from a checkpoint dict (lists back to tuples); pass instances through."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(value) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; accepted: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
 __all__ = ["DiffusionSettings", "OptimizerSettings", "SamplingSettings", "T5Settings", "UNetSettings", "from_dict", "to_dict"]

@@ -7,7 +7,6 @@ then point ``VisualTokenLatent(checkpoint=...)`` at the saved checkpoint.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from kaleido.__about__ import __version__
-from kaleido.modules.common import CHECKPOINT_KEY, adam_with_warmup, checkpoint_record, log_options
+from kaleido.checkpoint_io import CHECKPOINT_KEY
+from kaleido.modules.common import adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import OptimizerSettings, from_dict, to_dict
 from kaleido.nn.vqvae import VQVAE, VQSettings
 from kaleido.tokenizer import KaleidoTokenizer
@@ -159,25 +159,4 @@ class VQTokenizer(LightningModule):
             checkpoint[CHECKPOINT_KEY] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "tokenizer": None, "version": __version__}
 
 
-def load_vqvae(path: str | Path, map_location: str | torch.device = "cpu") -> VQVAE:
-    """The bare VQ-VAE network of a :class:`VQTokenizer` checkpoint, in eval mode.
-
-    Reads only plain data (``torch.load(weights_only=True)``) and needs no tokenizer, so it serves
-    extractors in data-loader workers as well as notebooks.
-    """
-    from kaleido.checkpoint import read_checkpoint
-
-    checkpoint = read_checkpoint(path, map_location)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "vq" not in hparams or "image_size" not in hparams:
-        raise ValueError(
-            f"{path} holds a {checkpoint[CHECKPOINT_KEY].get('class_path', 'unknown')} checkpoint, not a VQTokenizer one "
-            "(train one with `python -m kaleido fit --config configs/shapes/vq.yaml`)"
-        )
-    net = VQVAE(hparams["image_size"], from_dict(VQSettings, hparams["vq"]))
-    weights = {k.removeprefix("vq."): v for k, v in checkpoint["state_dict"].items() if k.startswith("vq.")}
-    net.load_state_dict(weights)
-    return net.to(map_location).eval()
-
-
-__all__ = ["VQTokenizer", "load_vqvae", "perplexity"]
+__all__ = ["VQTokenizer", "perplexity"]

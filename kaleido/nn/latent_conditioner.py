@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from kaleido.latents import LatentType
+if TYPE_CHECKING:
+    from kaleido.latents import LatentType
 
 
 class LatentConditioner(nn.Module):

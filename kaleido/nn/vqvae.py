@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kaleido.checkpoint_io import CHECKPOINT_KEY, from_dict, read_checkpoint
 
 
 @dataclass
@@ -292,4 +295,23 @@ class VQVAE(nn.Module):
         return self.decoder(z_q).clamp(-1, 1)
 
 
-__all__ = ["VQSettings", "VQVAE", "VectorQuantizer"]
+def load_vqvae(path: str | Path, map_location: str | torch.device = "cpu") -> VQVAE:
+    """The bare VQ-VAE network of a :class:`VQTokenizer` checkpoint, in eval mode.
+
+    Reads only plain data (``torch.load(weights_only=True)``) and needs no tokenizer, so it serves
+    extractors in data-loader workers as well as notebooks.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "vq" not in hparams or "image_size" not in hparams:
+        raise ValueError(
+            f"{path} holds a {checkpoint[CHECKPOINT_KEY].get('class_path', 'unknown')} checkpoint, not a VQTokenizer one "
+            "(train one with `python -m kaleido fit --config configs/shapes/vq.yaml`)"
+        )
+    net = VQVAE(hparams["image_size"], from_dict(VQSettings, hparams["vq"]))
+    weights = {k.removeprefix("vq."): v for k, v in checkpoint["state_dict"].items() if k.startswith("vq.")}
+    net.load_state_dict(weights)
+    return net.to(map_location).eval()
+
+
+__all__ = ["VQSettings", "VQVAE", "VectorQuantizer", "load_vqvae"]

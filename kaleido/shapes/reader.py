@@ -1,6 +1,6 @@
 """Image → ``Scene``: the analytic extractor of the ``shapes`` data set.
 
-Reads the objects with :func:`kaleido.data.shapes_parser.parse_image` and recovers what the parser
+Reads the objects with :func:`kaleido.shapes.parser.parse_image` and recovers what the parser
 does not measure directly: the size word (from the area, which fixes the circumradius of a known
 shape) and the background name. Every latent type's shapes extractor starts from this scene.
 """
@@ -12,8 +12,8 @@ import math
 import numpy as np
 import torch
 
-from kaleido.data.shapes import BACKGROUNDS, SIZES, Scene, ShapeObject
-from kaleido.data.shapes_parser import ParsedObject, estimate_background, parse_image, to_rgb
+from kaleido.shapes.parser import ParsedObject, estimate_background, parse_image, to_rgb
+from kaleido.shapes.scenes import BACKGROUNDS, SIZES, Scene, ShapeObject
 
 # Area of a shape with circumradius r, in units of r² (circle π, square 2, equilateral triangle 3√3/4).
 _AREA_PER_R2 = {"circle": math.pi, "square": 2.0, "triangle": 3 * math.sqrt(3) / 4}

@@ -10,7 +10,7 @@ How it reads an image:
 2. every pixel is written as ``background + alpha * (colour - background)`` for each
    palette colour; a pixel takes the colour whose line passes closest to it, and is
    kept if that distance is ``<= tolerance`` and ``alpha >= 0.5`` -- the same 50%
-   coverage rule as :func:`kaleido.data.shapes.render_masks`, and robust to
+   coverage rule as :func:`kaleido.shapes.scenes.render_masks`, and robust to
    antialiased edges;
 3. connected components per colour (``scipy.ndimage.label``), small ones dropped;
 4. each component is weighted by its soft coverage ``alpha`` (edge pixels included),
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from kaleido.data.shapes import COLORS, ShapeObject
+from kaleido.latents.box import box_iou
+from kaleido.shapes.scenes import COLORS, ShapeObject
 
 # Harmonic strengths |M_k| / M_0 (weights: coverage * radius^2) of the ideal shapes, the
 # medians over clean renders (64 x 64; at 32 x 32 they are 2-8% lower).  A circle scores
@@ -48,7 +49,7 @@ class ParsedObject:
     """An object read from an image.
 
     ``box`` is ``(x1, y1, x2, y2)`` and ``ellipse`` ``(cx, cy, a, b, theta)`` in the
-    conventions of :class:`kaleido.data.shapes.ShapeObject` (normalised, y down, theta
+    conventions of :class:`kaleido.shapes.scenes.ShapeObject` (normalised, y down, theta
     in degrees in ``[0, 180)``); ``area`` is the soft coverage as a fraction of the
     image; ``mask`` the component's pixels (coverage >= 50%).
     """
@@ -217,15 +218,6 @@ def _read_component(color: str, component: np.ndarray, alpha: np.ndarray, on_lin
         area=float(weights.sum()) / (height * width),
         mask=component,
     )
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two boxes ``(x1, y1, x2, y2)``."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _objects_of(expected: object) -> Sequence:

@@ -4,7 +4,7 @@ Every scene is generated on the fly from a seeded ``numpy`` generator, so the da
 needs no files and no downloads, and item ``i`` is the same on every machine, worker
 and epoch.
 
-Geometry conventions (shared with :mod:`kaleido.data.shapes_parser`):
+Geometry conventions (shared with :mod:`kaleido.shapes.parser`):
 
 * coordinates are normalised to ``[0, 1]``: ``x`` to the right, ``y`` *down*; pixel
   ``(row, col)`` of an ``R x R`` image covers ``[col/R, (col+1)/R) x [row/R, (row+1)/R)``;
@@ -18,12 +18,9 @@ Geometry conventions (shared with :mod:`kaleido.data.shapes_parser`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
@@ -295,60 +292,3 @@ def render_masks(scene: Scene, resolution: int) -> np.ndarray:
 def condition_text(scene: Scene) -> str:
     """The coarse condition: only the main object's shape, e.g. ``"a circle"``."""
     return f"a {scene.objects[0].shape}"
-
-
-class ShapesDataset(Dataset):
-    """``num_samples`` seeded scenes; item ``i`` comes from ``np.random.default_rng([seed, i])``.
-
-    Items are dicts ``{"id", "image" (float [3, H, W] in [-1, 1]), "condition", "scene",
-    "text"}``; nothing is cached, every item is regenerated on access.
-    """
-
-    def __init__(self, num_samples: int, config: ShapesConfig | None = None, seed: int = 0) -> None:
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        self.num_samples = num_samples
-        self.config = config if config is not None else ShapesConfig()
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def scene(self, index: int) -> Scene:
-        """The scene of item ``index``, without rendering it."""
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        return sample_scene(np.random.default_rng([self.seed, index]), self.config)
-
-    def __getitem__(self, index: int) -> dict:
-        from kaleido.data.shapes_text import describe  # late import: shapes_text imports this module
-
-        index = int(index)
-        scene = self.scene(index)
-        pixels = render(scene, self.config.resolution)
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
-        return {"id": index, "image": image, "condition": condition_text(scene), "scene": scene, "text": describe(scene)}
-
-    def corpus(self, limit: int | None = None) -> Iterator[str]:
-        """Condition and description texts of the first ``limit`` items (all by default), unrendered."""
-        from kaleido.data.shapes_text import describe
-
-        count = self.num_samples if limit is None else min(limit, self.num_samples)
-        for index in range(count):
-            scene = self.scene(index)
-            yield condition_text(scene)
-            yield describe(scene)
-
-
-def collate(batch: list[dict]) -> dict:
-    """Batch ``ShapesDataset`` items for a ``DataLoader`` (torch's default cannot batch ``Scene``).
-
-    Images are stacked to ``[B, 3, H, W]``, ids to a long tensor; the other fields become lists.
-    """
-    return {
-        "id": torch.tensor([item["id"] for item in batch], dtype=torch.long),
-        "image": torch.stack([item["image"] for item in batch]),
-        "condition": [item["condition"] for item in batch],
-        "scene": [item["scene"] for item in batch],
-        "text": [item["text"] for item in batch],
-    }

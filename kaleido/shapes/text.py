@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from kaleido.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Scene
+from kaleido.shapes.scenes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, Scene
 
 _PREPOSITIONS = ("at", "on", "in")
 _ALIASES = {"grey": "gray", "centre": "center"}
@@ -149,14 +149,16 @@ def _parse_object(tokens: _Tokens) -> DescribedObject:
     return DescribedObject(size, color, shape, position)
 
 
-def parse_description(text: str) -> Description:
+def parse_description(text: str, allow_empty: bool = False) -> Description:
     """Parse a description written by :func:`describe` (or hand-edited); its exact inverse.
 
     Raises :class:`ShapesTextError` naming the character position, what was expected
-    there and what was found.
+    there and what was found. ``allow_empty`` also reads a description of no object (only
+    the background), what :func:`describe` writes for an image in which the parser finds
+    nothing; the latent's grammar never accepts one.
     """
     tokens = _Tokens(text)
-    objects = [_parse_object(tokens)]
+    objects = [] if allow_empty and _at_background(tokens) else [_parse_object(tokens)]
     background = None
     while tokens.peek() is not None and tokens.peek() != ".":
         if not _at_background(tokens):  # the comma before the background may be left out

@@ -1,30 +1,29 @@
-"""The embedded ``shapes`` data set as a LightningDataModule, with ground-truth latents per type."""
+"""The embedded ``shapes`` data set as a LightningDataModule that keeps the data contract
+(:mod:`kaleido.data.contract`): exact latents where a scene has them, its own analytic reading of text,
+boxes and blobs, and mode coverage of generated images."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kaleido.data.collate import make_loader
-from kaleido.data.shapes import Scene, ShapesConfig, ShapesDataset, collate, condition_text
-from kaleido.data.shapes_text import describe
-from kaleido.latents import LatentType, build_latent_type
-from kaleido.latents.blob import scene_blobs
-from kaleido.latents.box import scene_boxes
+from kaleido.data.contract import SPLITS, KaleidoData
+from kaleido.latents import Extractor, LatentType, build_latent_type
+from kaleido.shapes.dataset import ShapesDataset, collate
+from kaleido.shapes.latents import ground_truth, has_ground_truth, shapes_extractor
+from kaleido.shapes.modes import DEFAULT_MIN_SHARE, shapes_mode_coverage
+from kaleido.shapes.scenes import Scene, ShapesConfig, condition_text
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
-
-# Exact latents straight from the scene, by latent-type name (each gets the type, for its settings).
-# Types not listed here (plugins) are extracted from the rendered image by their own extractor.
-GROUND_TRUTH: dict[str, Callable[[Scene, LatentType], Any]] = {
-    "text": lambda scene, _: describe(scene),
-    "box": lambda scene, box: scene_boxes(scene, **box.init_args()),
-    "blob": lambda scene, blob: scene_blobs(scene, **blob.init_args()),
-}
 
 
 def extract_latents(
@@ -37,7 +36,7 @@ def extract_latents(
     """Latents of the types without shapes ground truth (visual tokens, plugins), for every item of
     ``shapes``: rendered by a loader, extracted in batches on ``device``, once. Per item in the training
     loader, the shipped VQ encoder costs ~25 ms an image on one CPU core and starves a GPU."""
-    extractors = {t.name: t.build_extractor().to(device) for t in latent_types if t.name not in GROUND_TRUTH}
+    extractors = {t.name: t.build_extractor().to(device) for t in latent_types if not has_ground_truth(t)}
     found: dict[str, list[Any]] = {name: [] for name in extractors}
     if not extractors or len(shapes) == 0:
         return found
@@ -63,8 +62,8 @@ class ShapesLatents:
         return {t.name: self._one(t, index, scene) for t in self.latent_types}
 
     def _one(self, latent_type: LatentType, index: int, scene: Scene) -> Any:
-        if latent_type.name in GROUND_TRUTH:
-            return GROUND_TRUTH[latent_type.name](scene, latent_type)
+        if has_ground_truth(latent_type):
+            return ground_truth(scene, latent_type)
         return self.extracted[latent_type.name][index]
 
 
@@ -84,8 +83,8 @@ class ShapesWithLatents(Dataset):
         return item
 
 
-class ShapesDataModule(LightningDataModule):
-    """Seeded synthetic scenes (see :mod:`kaleido.data.shapes`): a coarse condition ("a circle"),
+class ShapesDataModule(LightningDataModule, KaleidoData):
+    """Seeded synthetic scenes (see :mod:`kaleido.shapes.scenes`): a coarse condition ("a circle"),
     and exact latents of every requested type.
 
     Args:
@@ -103,6 +102,9 @@ class ShapesDataModule(LightningDataModule):
             shape throughout, for a compiled denoiser (``model.compile: true``).
         extract_device: where latents without shapes ground truth (visual tokens, plugins) are
             extracted, once per split before training; ``auto``: the GPU if there is one.
+        mode_min_share: mode coverage (``sample_metrics``): a value is a mode when it holds at least this
+            share of the data's votes, and covered when it holds as much of the samples' (see
+            :mod:`kaleido.shapes.modes`).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class ShapesDataModule(LightningDataModule):
         max_latent_length: int | None = None,
         pad_to_limits: bool = False,
         extract_device: str = "auto",
+        mode_min_share: float = DEFAULT_MIN_SHARE,
     ) -> None:
         super().__init__()
         self.latent_types = [build_latent_type(spec) for spec in latents]
@@ -131,6 +134,9 @@ class ShapesDataModule(LightningDataModule):
         self.max_condition_length, self.max_latent_length = max_condition_length, max_latent_length
         self.pad_to_limits = pad_to_limits
         self.extract_device = extract_device
+        if not 0.0 < mode_min_share <= 1.0:
+            raise ValueError(f"mode_min_share must be in (0, 1], got {mode_min_share}")
+        self.mode_min_share = mode_min_share
         self._tokenizer: KaleidoTokenizer | None = None
         self._extracted: dict[str, dict[str, list[Any]]] = {}  # split → type name → latent per item
 
@@ -140,10 +146,41 @@ class ShapesDataModule(LightningDataModule):
 
     def shapes_split(self, split: str) -> ShapesDataset:
         sizes = {"train": self.num_train, "val": self.num_val, "test": self.num_test}
-        offsets = {"train": 0, "val": 1, "test": 2}
         if split not in sizes:
             raise ValueError(f"split must be one of {sorted(sizes)}, got {split!r}")
-        return ShapesDataset(sizes[split], self.shapes, seed=self.seed * 3 + offsets[split])
+        return ShapesDataset(sizes[split], self.shapes, seed=self.seed * 3 + SPLITS.index(split))
+
+    # -- the data contract ---------------------------------------------------------------------
+    def images(self, split: str) -> ShapesDataset:
+        """The bare scenes of a split, rendered on access (no latents computed)."""
+        return self.shapes_split(split)
+
+    def conditions(self, split: str, count: int | None = None) -> list[str]:
+        shapes = self.shapes_split(split)
+        return [condition_text(shapes.scene(i)) for i in range(len(shapes) if count is None else min(count, len(shapes)))]
+
+    def identity(self) -> str:
+        """The scene generator's settings, the seed and the training-set size: what fixes its images."""
+        settings = {"shapes": asdict(self.shapes), "seed": self.seed, "num_train": self.num_train}
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        return f"shapes-{self.image_size}px-train{self.num_train}-{digest}"
+
+    def ground_truth(self, split: str, latent_type: LatentType, count: int | None = None) -> list[Any] | None:
+        if not has_ground_truth(latent_type):
+            return None
+        shapes = self.shapes_split(split)
+        return [ground_truth(shapes.scene(i), latent_type) for i in range(len(shapes) if count is None else min(count, len(shapes)))]
+
+    def latent_extractor(self, latent_type: LatentType) -> Extractor | None:
+        return shapes_extractor(latent_type)
+
+    def sample_metrics(self, images: Tensor, conditions: Sequence[str]) -> tuple[dict[str, float], dict[str, Any]]:
+        """Mode coverage of the samples against the training scenes (:mod:`kaleido.shapes.modes`)."""
+        shapes = self.shapes_split("train")
+        scenes = [shapes.scene(i) for i in range(len(shapes))]
+        coverage = shapes_mode_coverage(images, conditions, scenes, [condition_text(s) for s in scenes], self.mode_min_share)
+        details = {c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()}
+        return coverage.summary(), details
 
     def split_latents(self, split: str) -> ShapesLatents:
         """The split's latents; extractor-based ones are computed on first use and kept."""
