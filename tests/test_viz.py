@@ -4,6 +4,7 @@ drawn latents and each measurable type's adherence."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -188,7 +189,8 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
     for name, measures in (("text", ("objects", "exact")), ("box", ("iou", "iou_exact", "phrases", "empty"))):
         assert {f"val/adherence/{name}/{m}" for m in (*measures, "unparsed")} <= set(logged), logged
     assert "val/adherence/box/iou" in logged
-    assert all(0.0 <= v <= 1.0 for v in logged.values())
+    for key, value in logged.items():  # a chance_ reference is NaN when fewer than two z parse
+        assert 0.0 <= value <= 1.0 or ("/chance_" in key and math.isnan(value)), (key, value)
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
