@@ -6,6 +6,8 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from kaleido.resume import resolve_resume
+
 
 class KaleidoCLI(LightningCLI):
     """The data module builds the tokenizer (vocabulary, latent types, length limits) and knows the
@@ -14,6 +16,21 @@ class KaleidoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Build the model from the config, never from the hyperparameters stored in ``--ckpt_path``.
+
+        LightningCLI (2.6.6, no option to turn it off) re-parses a checkpoint's ``hyper_parameters`` as
+        ``model`` options; kaleido's are plain data for ``kaleido.load`` (``t5: {d_model: ...}``), not
+        ``class_path`` / ``init_args``, so resuming failed ("Option 't5.d_model' is not accepted").
+        The config names the model; a checkpoint of another architecture fails to load by its shapes.
+        """
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last`` (or a checkpoint of one of this logger's runs) resumes that run in its own
+        ``version_N`` (:mod:`kaleido.resume`)."""
+        config = self.config_init[self.subcommand]
+        config["ckpt_path"] = resolve_resume(self.trainer, config.get("ckpt_path"))
 
 
 def cli_main(args: list[str] | None = None) -> KaleidoCLI:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kaleido.data.sampler import ResumableLoader, ResumableSampler
 from kaleido.tokenizer import KaleidoTokenizer
 
 
@@ -47,15 +48,15 @@ class Collate:
 def make_loader(
     dataset: Dataset, tokenizer: KaleidoTokenizer, batch_size: int, num_workers: int, shuffle: bool, pad_to_limits: bool = False
 ) -> DataLoader:
-    """The loader every kaleido data module uses: training shuffles and drops the last partial batch
-    (steady batch shapes); workers persist between epochs; tokenisation runs in ``Collate``."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        collate_fn=Collate(tokenizer, pad_to_limits),
-        pin_memory=torch.cuda.is_available(),
-    )
+    """The loader every kaleido data module uses: workers persist between epochs; tokenisation runs in
+    ``Collate``. Training (``shuffle``) draws a seeded permutation per epoch, drops the last partial batch
+    (steady batch shapes) and resumes mid-epoch from a checkpoint (:mod:`kaleido.data.sampler`)."""
+    options: dict[str, Any] = {
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "collate_fn": Collate(tokenizer, pad_to_limits),
+        "pin_memory": torch.cuda.is_available(),
+    }
+    if shuffle:
+        return ResumableLoader(dataset, batch_size, ResumableSampler(dataset), **options)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **options)
