@@ -11,9 +11,25 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import NoReturn
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+DEBUG_ENV = "KALEIDO_DEBUG"  # =1, or --debug on any command: a failure shows its traceback, not one line
+
+
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """What a wrong input raises (said in one line, ``error: ...``); anything else is a bug (a traceback)."""
+    from kaleido.callbacks import NonFiniteError
+
+    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError)
+
+
+def _fail(error: Exception) -> NoReturn:
+    if os.environ.get(DEBUG_ENV) == "1" or not isinstance(error, _bad_input()):
+        raise error
+    raise SystemExit(f"error: {error}") from None
 
 
 def latents() -> None:
@@ -30,6 +46,11 @@ def latents() -> None:
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if "--debug" in argv:
+        os.environ[DEBUG_ENV] = "1"  # DDP's other ranks rerun the command line: they inherit it from here
+        argv = [a for a in argv if a != "--debug"]
+        if from_shell:
+            sys.argv = [sys.argv[0], *argv]
     commands = ("sample", "latents", "extract", "evaluate", "adherence", "report")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -38,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     if command in LIGHTNING_COMMANDS:
         from kaleido.cli import cli_main
 
-        cli_main(None if from_shell else [command, *rest])  # LightningCLI reads sys.argv itself
+        try:
+            cli_main(None if from_shell else [command, *rest])  # LightningCLI reads sys.argv itself
+        except Exception as error:
+            _fail(error)
     elif command in commands:
         from jsonargparse import CLI
 
@@ -54,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                 "report": merge_reports,
             }
             CLI(functions[command], args=rest, as_positional=False)
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as error:  # bad input: say what, no traceback
-            raise SystemExit(f"error: {error}") from None
+        except Exception as error:  # bad input: say what, no traceback (--debug shows it)
+            _fail(error)
     else:
         raise SystemExit(f"unknown command {command!r}; choose one of {', '.join([*LIGHTNING_COMMANDS, *commands])}")
 
