@@ -255,14 +255,14 @@ class KaleidoTokenizer:
     def split_latent_text(self, text: str) -> dict[str, str]:
         """The inverse of :meth:`join_latent_texts`, validating each part with its type's parser."""
         if len(self.latent_types) == 1:
-            parts = {self.latent_names[0]: text}
+            parts = {self.latent_names[0]: text.strip()}
         else:
             parts = {}
             for number, line in enumerate(filter(str.strip, text.splitlines()), start=1):
                 name, sep, body = line.partition(":")
                 if not sep or name.strip() not in self.latent_names:
                     raise ValueError(f"line {number} of the latent text must start with one of {self.latent_names} and ':', got {line!r}")
-                parts[name.strip()] = body
+                parts[name.strip()] = body.strip()  # a type's parse reads its own text, never "name: "'s space
             if list(parts) != self.latent_names:
                 raise ValueError(f"the latent text must give the types {self.latent_names} in this order, got {list(parts)}")
         return {t.name: t.format(t.parse(parts[t.name])) for t in self.latent_types}
@@ -294,7 +294,7 @@ def read_latent_segments(text: str, names: Sequence[str]) -> dict[str, str | Non
     are lines ``name: text``; a missing part is ``None``. A sample whose text part is garbled still has its
     boxes drawn and measured."""
     if len(names) == 1:
-        return {names[0]: text}
+        return {names[0]: text.strip()}
     parts: dict[str, str | None] = dict.fromkeys(names)
     for line in text.splitlines():
         name, sep, body = line.partition(":")

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kaleido.latents import LatentParseError, TextLatent
-from kaleido.tokenizer import KaleidoTokenizer, SequenceTooLongError
+from kaleido.tokenizer import KaleidoTokenizer, SequenceTooLongError, read_latent_segments
 
 CORPUS = ["a circle", "a square", "a large red circle at the top left, on a black background"] * 5
 
@@ -89,3 +89,24 @@ def test_multi_type_editable_text_round_trip() -> None:
         tok.split_latent_text("a red circle")
     with pytest.raises(ValueError, match="in this order"):
         tok.split_latent_text("other: b\ntext: a")
+
+
+class Strict(TextLatent):
+    """A plugin whose parse refuses surrounding spaces: the tokenizer must hand it its text stripped."""
+
+    name = "strict"
+
+    def parse(self, text: str) -> str:
+        if text != text.strip():
+            raise LatentParseError(self.name, text, 0, "no surrounding spaces")
+        return super().parse(text)
+
+
+def test_each_type_parses_its_own_text_stripped_of_the_joined_layout() -> None:
+    two = KaleidoTokenizer.train(CORPUS, [TextLatent(), Strict()], vocab_size=400)
+    joined = "text:  a cat \nstrict:   a dog  \n"
+    assert two.split_latent_text(joined) == {"text": "a cat", "strict": "a dog"}
+    assert read_latent_segments(joined, two.latent_names) == {"text": "a cat", "strict": "a dog"}
+    one = KaleidoTokenizer.train(CORPUS, [Strict()], vocab_size=400)
+    assert one.split_latent_text("  a dog\n") == {"strict": "a dog"}
+    assert read_latent_segments(" a dog ", one.latent_names) == {"strict": "a dog"}
