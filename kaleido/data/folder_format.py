@@ -69,11 +69,13 @@ def image_problem(path: Path) -> str | None:
 # -- metadata --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FolderRecord:
-    """One line of ``metadata.jsonl``: the image's path relative to the root, its condition text."""
+    """One line of ``metadata.jsonl``: the image's path relative to the root, its condition text, and
+    all the line's fields (what metadata-reading extractors see)."""
 
     file_name: str
     condition: str
     line: int
+    fields: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -133,7 +135,7 @@ def read_metadata(root: str | Path, condition_template: str = "{label}") -> list
         if file_name in seen:
             raise FolderDataError(f"{where}: file_name {file_name!r} is already listed on line {seen[file_name]}")
         seen[file_name] = number
-        records.append(FolderRecord(file_name, condition_of(record, condition_template, where), number))
+        records.append(FolderRecord(file_name, condition_of(record, condition_template, where), number, record))
     if not records:
         raise FolderDataError(f"{path} lists no images")
     return records

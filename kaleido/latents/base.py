@@ -107,7 +107,14 @@ class FourierGeometryEncoder(LatentEncoder):
 
 
 class Extractor(ABC):
-    """Builds latent objects from images (and their conditions), offline, for training data."""
+    """Builds latent objects from images (and their conditions), offline, for training data.
+
+    An extractor that reads the images' metadata (an image folder's ``metadata.jsonl`` fields, e.g. a
+    file's annotated name) sets ``uses_metadata = True`` and is called with ``metadata=`` as well: one
+    dict per image. Samples have no metadata, so such an extractor serves extraction, not adherence.
+    """
+
+    uses_metadata: ClassVar[bool] = False
 
     @abstractmethod
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[Any]:
