@@ -30,7 +30,10 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 def _fail(error: Exception) -> NoReturn:
     if os.environ.get(DEBUG_ENV) == "1" or not isinstance(error, _bad_input()):
         raise error
-    raise SystemExit(f"error: {error}") from None
+    while isinstance(error.__cause__, _bad_input()):  # e.g. a config's class failing inside jsonargparse's wrapper
+        error = error.__cause__  # type: ignore[assignment]
+    words = error.args[0] if isinstance(error, KeyError) and error.args else error  # a KeyError's str() is quoted
+    raise SystemExit(f"error: {words}") from None
 
 
 def latents() -> None:

@@ -4,6 +4,8 @@ room (networks, modules, latent types' extractors) can read checkpoints without 
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,11 +16,30 @@ CHECKPOINT_KEY = "kaleido"  # the record of class path, tokenizer and version th
 S = TypeVar("S")
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path`` if it is a file in ``torch.save``'s archive format, else one clear error (cheap: the zip
+    directory at the end of the file is read, not the tensors), so a truncated copy or another kind of
+    file named ``.ckpt`` fails by name rather than deep inside ``torch.load``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a readable checkpoint: not a torch.save archive (a truncated or interrupted copy, "
+            "or another kind of file); use a .ckpt written by `python -m kaleido fit`"
+        )
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = check_checkpoint_file(path)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refused an object: not kaleido's, maybe unsafe
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} holds objects a weights-only load refuses, so it was not read ({first})") from None
+    except (RuntimeError, EOFError, KeyError) as error:  # a damaged archive
+        raise ValueError(f"{path} is not a readable checkpoint (damaged: {str(error).splitlines()[0][:200]})") from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise ValueError(
             f"{path} is not a kaleido checkpoint (it has no {CHECKPOINT_KEY!r} record); kaleido.load reads "
@@ -44,4 +65,4 @@ def from_dict(cls: type[S], value: S | dict[str, Any] | None) -> S:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
-__all__ = ["CHECKPOINT_KEY", "from_dict", "read_checkpoint", "to_dict"]
+__all__ = ["CHECKPOINT_KEY", "check_checkpoint_file", "from_dict", "read_checkpoint", "to_dict"]

@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from kaleido.checkpoint_io import check_checkpoint_file
 from kaleido.resume import resolve_resume
 
 
@@ -31,6 +32,14 @@ class KaleidoCLI(LightningCLI):
         ``version_N`` (:mod:`kaleido.resume`)."""
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_resume(self.trainer, config.get("ckpt_path"))
+
+    def before_validate(self) -> None:
+        """A truncated or foreign ``--ckpt_path`` file fails in one line, before Lightning reads it."""
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc"):
+            check_checkpoint_file(ckpt_path)
+
+    before_test = before_validate
 
 
 def cli_main(args: list[str] | None = None) -> KaleidoCLI:

@@ -13,6 +13,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from kaleido.checkpoint_io import check_checkpoint_file
+
 VERSION = re.compile(r"version_(\d+)")
 
 
@@ -44,6 +46,8 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
     """
     if ckpt_path is None:
         return None
+    if ckpt_path not in ("last", "hpc", "best"):
+        check_checkpoint_file(ckpt_path)  # a truncated or foreign file: one line, before Lightning's traceback
     logger = trainer.logger
     fixed_dirpath = any(c.dirpath is not None for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
     # ``_version``: the version given to TensorBoardLogger / CSVLogger, None until chosen (Lightning 2.6.6);
@@ -57,6 +61,7 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
             rank_zero_info(f"--ckpt_path last: no checkpoint under {root}/version_*/checkpoints; starting a new run")
             return None
         number, checkpoint = found
+        check_checkpoint_file(checkpoint)
     else:
         checkpoint = Path(ckpt_path)
         run = checkpoint.resolve().parent.parent

@@ -11,6 +11,7 @@ import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.modules.base import ConditionalDiffusion
+from kaleido.tokenizer import KaleidoTokenizer
 from kaleido.viz import samples_grid, save_grid, to_pil
 
 
@@ -51,6 +52,11 @@ def sample(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not condition.strip():
+        raise ValueError(
+            'the condition is empty: give the text to condition on, e.g. --condition "a circle" '
+            "(for unconditional samples, --cfg_scale 0 ignores it: the model's dropped condition)"
+        )
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if latent is not None and not model.uses_latents:
@@ -73,13 +79,28 @@ def sample(
         "seed": seed,
         "weights": model.loaded_weights,  # "trained" where the checkpoint keeps no average
     }
+    unparsed = 0
     with open(output / "samples.jsonl", "w") as lines:
         for index, image in enumerate(out.images):
             name = f"{index:05d}.png"
             to_pil(image).save(output / name)
-            z = out.latent_texts[index] if out.latent_texts is not None else None
-            record = {"index": index, "condition": condition, "latent": z, "latent_given": latent is not None, "image": name}
+            record = {"index": index, "condition": condition, "latent": None, "latent_given": latent is not None, "image": name}
+            if out.latent_texts is not None:
+                record["latent"] = z = out.latent_texts[index]
+                record["latent_parses"] = parses = _parses(model.tokenizer, z)
+                unparsed += not parses
             lines.write(json.dumps({**record, **settings}) + "\n")
     drawn = ", latents.png" if out.latent_texts is not None else ""
     print(f"wrote {num_samples} samples to {output}/ (grid.png{drawn}, samples.jsonl)")
+    if unparsed:
+        print(f"{unparsed} of {num_samples} sampled latents do not parse (latent_parses: false in samples.jsonl)")
     return output
+
+
+def _parses(tokenizer: KaleidoTokenizer, text: str) -> bool:
+    """Whether a sampled z reads back through its types' parsers (an undertrained prior may write garbage)."""
+    try:
+        tokenizer.split_latent_text(text)
+    except ValueError:  # LatentParseError, or a part missing from a joined z
+        return False
+    return True

@@ -8,12 +8,14 @@ Guidance scale γ:  out = u + γ (c − u)
     γ = 1  plain conditional model (the unconditional branch is never computed),
     γ = 0  plain unconditional model,
     γ > 1  extrapolates away from the unconditional prediction (stronger adherence, less diversity).
+    γ < 0 (away from the condition) and NaN are refused.
 The combination is applied to the raw network output; for v / eps / x0 parameterisations it is the
 same affine combination of the implied x0 and ε, because all three are linear in the output.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -33,6 +35,8 @@ def classifier_free_guidance(model_fn: ModelFn, scale: float) -> DenoiseFn:
     single (compile-friendly) call instead of two.
     """
     scale = float(scale)  # decided once here, never by inspecting tensors inside the sampling loop
+    if not math.isfinite(scale) or scale < 0:  # a negative scale would push away from the condition: not meant
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (0: unconditional, 1: conditional, > 1: guided), got {scale}")
 
     if scale == 1.0:
 

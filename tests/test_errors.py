@@ -1,0 +1,113 @@
+"""Bad input on the command line ends in one line, `error: ...`, and a failing exit code; `--debug` (or
+KALEIDO_DEBUG=1) shows the traceback instead. Sampled latents that do not parse are flagged."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model_kwargs
+from lightning.pytorch import Trainer
+
+from kaleido import Kaleido
+from kaleido.__main__ import DEBUG_ENV, main
+from kaleido.checkpoint_io import read_checkpoint
+from kaleido.diffusion.guidance import classifier_free_guidance
+from kaleido.shapes import ShapesDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests/configs/tiny_kaleido.yaml")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, text_data: ShapesDataModule) -> Path:
+    """A real kaleido checkpoint after one step (its sampled latents are still garbage)."""
+    path = tmp_path_factory.mktemp("ckpt") / "one_step.ckpt"
+    trainer = Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()), text_data)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _one_line(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "Traceback" not in message
+    return message
+
+
+def _bad_files(tmp_path: Path, checkpoint: Path) -> dict[str, Path]:
+    text = tmp_path / "notes.ckpt"
+    text.write_text("every run I keep notes here\n")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    pickled = tmp_path / "pickled.ckpt"  # a zip archive whose pickle names a class: weights_only refuses it
+    torch.save({"kaleido": OrderedDict(a=1), "payload": zipfile.ZipInfo("x")}, pickled)
+    return {"text": text, "truncated": truncated, "pickled": pickled}
+
+
+def test_unreadable_checkpoints_are_named_in_one_line(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = _bad_files(tmp_path, checkpoint)
+    sample = ["sample", "--condition", "a circle", "--output", str(tmp_path / "out"), "--ckpt_path"]
+    for name in ("text", "truncated"):
+        message = _one_line([*sample, str(bad[name])], monkeypatch)
+        assert f"{bad[name]} is not a readable checkpoint: not a torch.save archive" in message
+    assert "a weights-only load refuses" in _one_line([*sample, str(bad["pickled"])], monkeypatch)
+    with pytest.raises(ValueError, match="weights-only load refuses"):
+        read_checkpoint(bad["pickled"])
+    fit = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(bad["truncated"])]
+    assert "truncated.ckpt is not a readable checkpoint" in _one_line(fit, monkeypatch)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = _bad_files(tmp_path, checkpoint)["text"]
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        main(["sample", "--debug", "--ckpt_path", str(bad), "--condition", "a circle"])
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        main(["sample", "--ckpt_path", str(bad), "--condition", "a circle"])
+
+
+def test_an_unknown_latent_type_in_a_config_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _one_line(
+        ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--data.init_args.latents=[nosuchtype]"],
+        monkeypatch,
+    )
+    assert message.startswith("error: unknown latent type 'nosuchtype'; registered: ") and "text" in message
+
+
+def test_sample_refuses_an_empty_condition_and_a_bad_cfg_scale(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sample = ["sample", "--ckpt_path", str(checkpoint), "--num_steps", "2", "--num_samples", "2", "--output", str(tmp_path)]
+    assert "the condition is empty" in _one_line([*sample, "--condition", "  "], monkeypatch)
+    for scale in ("-1", ".nan", ".inf"):
+        message = _one_line([*sample, "--condition", "a circle", "--cfg_scale", scale], monkeypatch)
+        assert message.startswith("error: cfg_scale must be a finite number >= 0")
+    with pytest.raises(ValueError, match="got -0.5"):
+        classifier_free_guidance(lambda x, t, u: x, -0.5)
+
+
+def test_sampled_latents_that_do_not_parse_are_flagged_and_counted(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["sample", "--ckpt_path", str(checkpoint), "--condition", "a circle", "--num_steps", "2", "--num_samples", "3",
+          "--output", str(tmp_path)])
+    lines = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    flags = [line["latent_parses"] for line in lines]
+    assert flags.count(False) >= 1  # one step of training writes no grammar yet
+    assert f"{flags.count(False)} of 3 sampled latents do not parse" in capsys.readouterr().out
+    main(["sample", "--ckpt_path", str(checkpoint), "--condition", "a circle", "--num_steps", "2", "--num_samples", "2",
+          "--latent", "a large red circle in the center, on a white background", "--output", str(tmp_path / "given")])
+    given = [json.loads(line) for line in (tmp_path / "given/samples.jsonl").read_text().splitlines()]
+    assert [line["latent_parses"] for line in given] == [True, True]
