@@ -26,19 +26,27 @@ def test_every_shipped_config_parses(config: Path, capsys: pytest.CaptureFixture
 
 
 def _without_z(config_name: str) -> dict:
-    """A shapes config with what only Kaleido has taken out: z, the prior's decoder and its loss."""
-    config = yaml.safe_load((ROOT / "configs" / "shapes" / f"{config_name}.yaml").read_text())
+    """A config with what only Kaleido has taken out: z (and its readers), the prior's decoder and its loss."""
+    config = yaml.safe_load((ROOT / "configs" / f"{config_name}.yaml").read_text())
     model = config.pop("model")["init_args"]  # the class differs by design
     model.pop("ar_loss_weight", None)
     model["t5"].pop("num_decoder_layers", None)
     model["compile"] = model.get("compile", False)
     config["data"]["init_args"].pop("latents")
+    config["data"]["init_args"].pop("readers", None)
     for callback in config["trainer"]["callbacks"]:
         callback.get("init_args", {}).pop("adherence", None)  # the baseline has no latent to follow
     return {**config, "model_settings": model}
 
 
-@pytest.mark.parametrize(("baseline", "kaleido"), [("baseline", "kaleido_text"), ("baseline_gpu", "kaleido_text_gpu")])
+@pytest.mark.parametrize(
+    ("baseline", "kaleido"),
+    [
+        ("shapes/baseline", "shapes/kaleido_text"), ("shapes/baseline_gpu", "shapes/kaleido_text_gpu"),
+        ("mnist/baseline", "mnist/kaleido_blob"), ("mnist/baseline_gpu", "mnist/kaleido_blob_gpu"),
+        ("twemoji/baseline", "twemoji/kaleido"), ("twemoji/baseline_gpu", "twemoji/kaleido_gpu"),
+    ],
+)
 def test_each_baseline_config_trains_like_its_kaleido_pair(baseline: str, kaleido: str) -> None:
     # Every result is reported beside the baseline: the pair must share denoiser, data, optimiser and trainer.
     assert _without_z(baseline) == _without_z(kaleido)

@@ -107,15 +107,15 @@ class ForegroundExtractor(Extractor):
         self.latent = self.latent_class(grid, max_objects, order, fourier_frequencies)
 
     def regions(self, image: np.ndarray) -> list[np.ndarray]:
-        """The object masks of one uint8 image, largest first."""
+        """The object masks of one uint8 image, largest first (parts under ``min_area`` left out)."""
         mask = foreground_mask(image, self.background, self.threshold)
-        least = max(1, int(self.min_area * mask.size))
-        if not self.components:
-            return [mask] if mask.sum() >= least else []
         labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
         sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        order = [int(i) for i in np.argsort(-sizes, kind="stable") if sizes[i] >= least]
-        return [labels == index + 1 for index in order[: self.latent.max_objects]]
+        least = max(1, int(self.min_area * mask.size))
+        kept = [int(i) + 1 for i in np.argsort(-sizes, kind="stable") if sizes[i] >= least]  # stray specks go either way
+        if not self.components:
+            return [np.isin(labels, kept)] if kept else []
+        return [labels == label for label in kept[: self.latent.max_objects]]
 
     def name(self, image: np.ndarray, region: np.ndarray) -> str:
         return self.phrase if self.phrase is not None else colour_name(np.median(image[region], axis=0))
