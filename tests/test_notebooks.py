@@ -22,7 +22,12 @@ CELL_TIMEOUT = 180  # seconds; a whole notebook takes well under a minute on 2 C
 
 
 def test_the_notebooks_are_there_without_outputs() -> None:
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_latent_editing", "03_custom_latent_type"]
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_quickstart",
+        "02_latent_editing",
+        "03_custom_latent_type",
+        "04_real_images",
+    ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
