@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model_kwargs
 from lightning.pytorch import Trainer
 
 from kaleido import Kaleido
@@ -18,6 +17,7 @@ from kaleido.__main__ import DEBUG_ENV, main
 from kaleido.checkpoint_io import read_checkpoint
 from kaleido.diffusion.guidance import classifier_free_guidance
 from kaleido.shapes import ShapesDataModule
+from tests.conftest import tiny_model_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests/configs/tiny_kaleido.yaml")

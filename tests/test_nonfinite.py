@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model_kwargs
 from lightning.pytorch import Trainer
-from probes import PoisonBatches
 
 from kaleido import Kaleido
 from kaleido.callbacks import EMA, ModelCheckpoint, NonFiniteError, NonFiniteGuard
 from kaleido.shapes import ShapesDataModule
+from tests.conftest import tiny_model_kwargs
+from tests.probes import PoisonBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from probes import weight_sum
 
 from kaleido.data.sampler import ResumableLoader, ResumableSampler
 from kaleido.resume import latest_run
+from tests.probes import weight_sum
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/tiny_kaleido.yaml"
