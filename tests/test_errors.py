@@ -111,3 +111,11 @@ def test_sampled_latents_that_do_not_parse_are_flagged_and_counted(
           "--latent", "a large red circle in the center, on a white background", "--output", str(tmp_path / "given")])
     given = [json.loads(line) for line in (tmp_path / "given/samples.jsonl").read_text().splitlines()]
     assert [line["latent_parses"] for line in given] == [True, True]
+
+
+def test_missing_inception_weights_name_the_command_line_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaleido.metrics import features
+
+    monkeypatch.setattr(features, "_INCEPTION_MODULE", "kaleido_no_such_package")
+    with pytest.raises(FileNotFoundError, match="--feature_weights PATH"):
+        features.find_inception_weights()

