@@ -32,7 +32,7 @@ def fake_twemoji(tmp_path: Path) -> tuple[Path, Path]:
     """Two emoji with images (one with a skin-tone variation), one listed without an image."""
     assets = tmp_path / "assets" / "72x72"
     assets.mkdir(parents=True)
-    for name, colour in (("1f354", (200, 120, 30, 255)), ("1f44b", (250, 200, 60, 255)), ("1f44b-1f3fd", (180, 120, 80, 255))):
+    for name, colour in (("1f354", (200, 120, 30, 255)), ("1f44b", (250, 200, 60, 255)), ("1f44b-1f3fd", (180, 120, 80, 255)), ("23-20e3", (9, 9, 9, 255))):
         image = Image.new("RGBA", (72, 72), (0, 0, 0, 0))  # transparent, with an opaque square in the middle
         image.paste(colour, (20, 20, 52, 52))
         image.save(assets / f"{name}.png")
@@ -43,6 +43,7 @@ def fake_twemoji(tmp_path: Path) -> tuple[Path, Path]:
             "subcategory": "hand-fingers-open",
             "skin_variations": {"1F3FD": {"unified": "1F44B-1F3FD", "image": "1f44b-1f3fd.png"}},
         },
+        {"name": "HASH KEY", "unified": "0023-FE0F-20E3", "image": "0023-fe0f-20e3.png", "category": "Symbols", "subcategory": "keycap"},
         {"name": "MELTING FACE", "unified": "1FAE0", "image": "1fae0.png", "category": "Smileys & Emotion", "subcategory": "face"},
     ]
     emoji_json = tmp_path / "emoji.json"
@@ -54,8 +55,9 @@ def test_twemoji_folder_from_the_package_layout(fake_twemoji: tuple[Path, Path],
     assets, emoji_json = fake_twemoji
     root = prepare_twemoji(tmp_path / "out", background="#102030", assets=assets, emoji_json=emoji_json)
     lines = _lines(root)
-    assert [line["name"] for line in lines] == ["hamburger", "waving hand sign", "waving hand sign, medium skin tone"]
-    assert [line["caption"] for line in lines] == ["Food & Drink", "People & Body", "People & Body"]
+    assert [line["name"] for line in lines] == ["hamburger", "waving hand sign", "waving hand sign, medium skin tone", "hash key"]
+    assert [line["caption"] for line in lines] == ["Food & Drink", "People & Body", "People & Body", "Symbols"]
+    assert lines[3]["file_name"] == "images/23-20e3.png"  # Twemoji's file name: no leading zeros, no fe0f
     assert lines[2]["code"] == "1f44b-1f3fd" and lines[2]["subcategory"] == "hand-fingers-open"
     assert "1 emoji of the table have no Twemoji image" in capsys.readouterr().out  # said, not dropped silently
     with Image.open(root / lines[0]["file_name"]) as image:
@@ -72,7 +74,7 @@ def test_twemoji_limit_overwrite_and_bad_input(fake_twemoji: tuple[Path, Path], 
     assert len(_lines(root)) == 1
     with pytest.raises(ValueError, match="exists; pass --overwrite true"):
         prepare_twemoji(root, assets=assets, emoji_json=emoji_json)
-    assert len(_lines(prepare_twemoji(root, overwrite=True, assets=assets, emoji_json=emoji_json))) == 3
+    assert len(_lines(prepare_twemoji(root, overwrite=True, assets=assets, emoji_json=emoji_json))) == 4
     with pytest.raises(ValueError, match="'#rrggbb'"):
         prepare_twemoji(tmp_path / "other", background="teal", assets=assets, emoji_json=emoji_json)
     with pytest.raises(FileNotFoundError, match="is the package complete"):

