@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 
 from kaleido.data.sampler import ResumableLoader, ResumableSampler
-from kaleido.resume import latest_run
+from kaleido.resume import latest_run, resolve_resume
 from tests.probes import weight_sum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,27 @@ def test_ckpt_path_last_without_a_checkpoint_starts_a_new_run(tmp_path: Path) ->
     (tmp_path / "lightning_logs/version_1/checkpoints").mkdir(parents=True)
     (tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt").write_bytes(b"")
     assert latest_run(tmp_path / "lightning_logs") == (1, tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt")
+
+
+def test_resolve_resume_points_the_logger_at_the_run_it_resumes(tmp_path: Path) -> None:
+    def trainer() -> Trainer:
+        return Trainer(default_root_dir=tmp_path, accelerator="cpu", enable_progress_bar=False)
+
+    assert resolve_resume(trainer(), "last") is None  # nothing to resume: a new run
+    run = tmp_path / "lightning_logs/version_2/checkpoints"
+    run.mkdir(parents=True)
+    torch.save({}, run / "last.ckpt")
+    resuming = trainer()
+    assert resolve_resume(resuming, "last") == str(run / "last.ckpt") and resuming.logger.version == 2
+    named = trainer()
+    assert resolve_resume(named, str(run / "last.ckpt")) == str(run / "last.ckpt") and named.logger.version == 2
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    torch.save({}, elsewhere)
+    fine_tuning = trainer()
+    assert resolve_resume(fine_tuning, str(elsewhere)) == str(elsewhere) and fine_tuning.logger.version == 3
+    (run / "last.ckpt").write_bytes(b"cut sh")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        resolve_resume(trainer(), "last")
 
 
 @pytest.mark.parametrize("workers", [0, 1])
