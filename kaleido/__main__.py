@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from typing import NoReturn
 
@@ -24,7 +25,7 @@ def _bad_input() -> tuple[type[BaseException], ...]:
     """What a wrong input raises (said in one line, ``error: ...``); anything else is a bug (a traceback)."""
     from kaleido.callbacks import NonFiniteError
 
-    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError)
+    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError, pickle.UnpicklingError)
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -33,6 +34,10 @@ def _fail(error: Exception) -> NoReturn:
     while isinstance(error.__cause__, _bad_input()):  # e.g. a config's class failing inside jsonargparse's wrapper
         error = error.__cause__  # type: ignore[assignment]
     words = error.args[0] if isinstance(error, KeyError) and error.args else error  # a KeyError's str() is quoted
+    if isinstance(error, pickle.UnpicklingError):  # Lightning's resume read a checkpoint that weights_only refused
+        from kaleido.checkpoint_io import weights_only_refusal
+
+        words = weights_only_refusal("the checkpoint", error)
     raise SystemExit(f"error: {words}") from None
 
 

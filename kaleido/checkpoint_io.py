@@ -31,13 +31,20 @@ def check_checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def weights_only_refusal(path: str | Path, error: pickle.UnpicklingError) -> str:
+    """One line for a file that ``torch.load(weights_only=True)`` refused: the object it would not build."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else type(error).__name__)
+    reason = reason.split(" Please use", 1)[0]  # torch's advice to allowlist the class: not for files of unknown origin
+    return f"{path} holds objects a weights-only load refuses, so it was not read ({reason})"
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = check_checkpoint_file(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:  # weights_only refused an object: not kaleido's, maybe unsafe
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} holds objects a weights-only load refuses, so it was not read ({first})") from None
+        raise ValueError(weights_only_refusal(path, error)) from None
     except (RuntimeError, EOFError, KeyError) as error:  # a damaged archive
         raise ValueError(f"{path} is not a readable checkpoint (damaged: {str(error).splitlines()[0][:200]})") from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
@@ -65,4 +72,4 @@ def from_dict(cls: type[S], value: S | dict[str, Any] | None) -> S:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
-__all__ = ["CHECKPOINT_KEY", "check_checkpoint_file", "from_dict", "read_checkpoint", "to_dict"]
+__all__ = ["CHECKPOINT_KEY", "check_checkpoint_file", "from_dict", "read_checkpoint", "to_dict", "weights_only_refusal"]

@@ -64,8 +64,10 @@ def test_unreadable_checkpoints_are_named_in_one_line(
     assert "a weights-only load refuses" in _one_line([*sample, str(bad["pickled"])], monkeypatch)
     with pytest.raises(ValueError, match="weights-only load refuses"):
         read_checkpoint(bad["pickled"])
-    fit = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(bad["truncated"])]
-    assert "truncated.ckpt is not a readable checkpoint" in _one_line(fit, monkeypatch)
+    fit = ["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path"]
+    assert "truncated.ckpt is not a readable checkpoint" in _one_line([*fit, str(bad["truncated"])], monkeypatch)
+    refused = _one_line([*fit, str(bad["pickled"])], monkeypatch)  # read by Lightning's resume, weights_only
+    assert "weights-only load refuses" in refused and "zipfile.ZipInfo" in refused and "Please use" not in refused
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
