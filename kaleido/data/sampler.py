@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
@@ -85,11 +86,9 @@ class ResumableLoader(DataLoader):
         sampler = self.sampler
         if not state or not isinstance(sampler, ResumableSampler):
             return
-        if state.get("seed", sampler.seed) != sampler.seed:
-            raise ValueError(
-                f"the checkpoint's data order was drawn with seed {state['seed']}, this run's with {sampler.seed}: "
-                "resume with the same seed_everything (the item order of the epoch would change)"
-            )
+        if state.get("seed", sampler.seed) != sampler.seed:  # e.g. seed_everything: true draws a new seed per run
+            rank_zero_info(f"resuming the data order of seed {state['seed']} (this run's seed is {sampler.seed})")
+            sampler.seed = state["seed"]  # the rest of the epoch, and later epochs, as the killed run would have
         start = state["items"] // sampler.num_replicas
         if start >= sampler.num_samples:  # the epoch had ended: the next one starts at its beginning
             sampler.set_epoch(state["epoch"] + 1)
