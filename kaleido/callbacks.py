@@ -171,7 +171,8 @@ class NonFiniteError(RuntimeError):
 class NonFiniteGuard(Callback):
     """Stops training at the first step whose loss or gradient is not finite (NaN or infinite), before the
     optimiser applies it, with one message that names the step and the losses; or, with ``action: skip``,
-    leaves that step out (no weight or optimiser-state change) and counts it (``train/nonfinite_skipped``),
+    leaves that step out (no weight or optimiser-state change; it still counts as a step of the global step
+    and the learning-rate schedule) and counts it (``train/nonfinite_skipped``),
     stopping all the same after ``max_skips`` skipped steps. It also refuses to write any checkpoint that
     holds a non-finite weight, so the last checkpoint on disk is the last good one.
 
