@@ -219,8 +219,9 @@ class NonFiniteGuard(Callback):
         raise NonFiniteError(
             f"training stopped: {what}"
             + (f" (after {self.skipped} skipped steps, max_skips={self.max_skips})" if self.action == "skip" else "")
-            + f". The weights were not updated; the last checkpoint, {last or 'none written'}, holds only finite values. "
-            "Lower optimizer.lr (or its warm-up), check the data, or resume with NonFiniteGuard(action: skip)"
+            + ". The weights were not updated; "
+            + (f"the last checkpoint, {last}, holds only finite values. " if last else "no checkpoint was written. ")
+            + "Lower optimizer.lr (or its warm-up), check the data, or resume with NonFiniteGuard(action: skip)"
         )
 
     def _describe(self, trainer: Trainer, pl_module: LightningModule, losses: list[torch.Tensor], params: list[Any]) -> str:
