@@ -81,8 +81,12 @@ class FolderRecord:
 def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of a JSONL file; malformed lines are errors."""
     records = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open(path, "rb") as lines:  # decoded line by line, so a bad byte is reported with its line
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise FolderDataError(f"{path}, line {number}: not UTF-8 text (byte {error.start + 1}: {raw[error.start:error.start + 1]!r})") from None
             if not line.strip():
                 continue
             try:
@@ -107,7 +111,7 @@ def condition_of(record: dict[str, Any], template: str, where: str) -> str:
         raise FolderDataError(f"{where}: needs a 'caption' or a 'label' field, got fields {sorted(record)}")
     try:
         condition = template.format(**record)
-    except (KeyError, IndexError, AttributeError, ValueError) as error:
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as error:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
         raise FolderDataError(
             f"{where}: condition_template {template!r} (fields {fields}) cannot be filled from {sorted(record)}: {error!r}"
@@ -179,8 +183,11 @@ def read_sidecar(path: str | Path) -> Sidecar:
         complete = raw.endswith(b"\n")
         try:
             record = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            if record is not None and not (isinstance(record, dict) and "id" in record and isinstance(record.get("latent"), str)):
-                raise ValueError(f'expected {{"id": ..., "latent": "<text>"}}, got {raw.decode("utf-8").strip()[:200]}')
+            if record is not None and not (
+                isinstance(record, dict) and isinstance(record.get("id"), (str, int)) and not isinstance(record["id"], bool)
+                and isinstance(record.get("latent"), str)
+            ):
+                raise ValueError(f'expected {{"id": <file name or index>, "latent": "<text>"}}, got {raw.decode("utf-8").strip()[:200]}')
         except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if not complete:
                 sidecar.partial = raw.decode("utf-8", errors="replace")
