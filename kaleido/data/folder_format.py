@@ -31,8 +31,24 @@ class UnreadableImageError(FolderDataError):
 
 
 # -- images ----------------------------------------------------------------------------------------
+def to_rgb(image: Image.Image, path: str | Path = "image") -> Image.Image:
+    """8-bit RGB of any mode PIL decodes: 16-bit greyscale scaled (not clipped: PIL's own conversion
+    turns it almost white), transparency composited over white (what lies under a transparent pixel is
+    arbitrary), palette and CMYK through PIL. Float images are refused by name."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit greyscale (PNG), 0..65535
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        raise UnreadableImageError(f"cannot read image {path}: 32-bit float pixels (mode F) have no fixed range; save it as 8- or 16-bit")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """An image file → float ``[3, S, S]`` in ``[-1, 1]``: EXIF orientation applied, converted to RGB,
+    """An image file → float ``[3, S, S]`` in ``[-1, 1]``: EXIF orientation applied, converted to RGB
+    (:func:`to_rgb`: 16-bit scaled, transparency over white),
     centre-cropped to the largest square, then resized to ``size`` (bicubic, antialiased when
     shrinking) unless ``size`` is ``None``.
 
@@ -41,7 +57,9 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
     """
     try:
         with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")  # decodes: a corrupt body fails here
+            image = to_rgb(ImageOps.exif_transpose(opened), path)  # decodes: a corrupt body fails here
+    except UnreadableImageError:
+        raise
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         raise UnreadableImageError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
     width, height = image.size
