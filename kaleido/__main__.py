@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import re
 import sys
 from typing import NoReturn
 
@@ -25,12 +27,26 @@ def _bad_input() -> tuple[type[BaseException], ...]:
     """What a wrong input raises (said in one line, ``error: ...``); anything else is a bug (a traceback)."""
     from kaleido.callbacks import NonFiniteError
 
-    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError, pickle.UnpicklingError)
+    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError, pickle.UnpicklingError, argparse.ArgumentError)
+
+
+def _argument_line(error: argparse.ArgumentError) -> str | None:
+    """jsonargparse's multi-line report of a value of the wrong type, as one line: the option, the value,
+    the types accepted; ``None`` for other argument errors (their cause says more)."""
+    text = str(error)
+    key, given = re.search(r'Parser key "([^"]+)"', text), re.search(r"(?:Given|Got) value: (.*)", text)
+    if key is None or given is None:
+        return None
+    accepted = ["null" if name == "NoneType" else name for name in re.findall(r"Expected an? <class '(\w+)'>", text)]
+    accepted += [f"one of {choices}" for choices in re.findall(r"Expected an? typing\.Literal\[(.*?)\]", text)]
+    return f"--{key.group(1)}: {given.group(1)!r} is not accepted" + (f"; expected {' or '.join(accepted)}" if accepted else "")
 
 
 def _fail(error: Exception) -> NoReturn:
     if os.environ.get(DEBUG_ENV) == "1" or not isinstance(error, _bad_input()):
         raise error
+    if isinstance(error, argparse.ArgumentError) and (line := _argument_line(error)):  # its causes lose the option's name
+        raise SystemExit(f"error: {line}") from None
     while isinstance(error.__cause__, _bad_input()):  # e.g. a config's class failing inside jsonargparse's wrapper
         error = error.__cause__  # type: ignore[assignment]
     words = error.args[0] if isinstance(error, KeyError) and error.args else error  # a KeyError's str() is quoted
@@ -88,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
                 "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist},
             }
-            CLI(functions[command], args=rest, as_positional=False)
+            CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)
             _fail(error)
     else:

@@ -96,6 +96,11 @@ def test_sample_refuses_an_empty_condition_and_a_bad_cfg_scale(
     for scale in ("-1", ".nan", ".inf"):
         message = _one_line([*sample, "--condition", "a circle", "--cfg_scale", scale], monkeypatch)
         assert message.startswith("error: cfg_scale must be a finite number >= 0")
+    # a value that is not of the option's type: one line naming the option, not jsonargparse's report
+    assert _one_line([*sample, "--condition", "a circle", "--cfg_scale", "nan"], monkeypatch) == (
+        "error: --cfg_scale: 'nan' is not accepted; expected float or null"
+    )
+    assert _one_line([*sample, "--condition", "a circle", "--seed", "x"], monkeypatch).startswith("error: --seed: 'x' is not accepted")
     with pytest.raises(ValueError, match="got -0.5"):
         classifier_free_guidance(lambda x, t, u: x, -0.5)
 
