@@ -112,3 +112,10 @@ def test_read_sidecar_meets_any_bytes_with_a_folder_data_error_only(tmp_path: Pa
         return
     assert 0 <= sidecar.good_bytes <= len(content)
     assert all(isinstance(text, str) for _, text in sidecar.latents.values())
+
+
+def test_a_json_error_names_its_line_and_the_column_a_person_counts(tmp_path: Path) -> None:
+    line = '{"file_name": "é.png", "caption": x}'  # non-ASCII before the fault: columns count characters
+    (tmp_path / METADATA).write_text('{"file_name": "a.png", "caption": "a"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(FolderDataError, match=rf"line 2: not valid JSON \(Expecting value at column {line.index('x') + 1}\)"):
+        read_metadata(tmp_path)
