@@ -9,6 +9,7 @@ readers that measure a trained model's adherence on such data.
 from __future__ import annotations
 
 import colorsys
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,9 +121,9 @@ class ForegroundExtractor(Extractor):
     def name(self, image: np.ndarray, region: np.ndarray) -> str:
         return self.phrase if self.phrase is not None else colour_name(np.median(image[region], axis=0))
 
+    @abstractmethod
     def shape(self, region: np.ndarray) -> tuple[float, ...]:
         """One region's normalised geometry, in the latent type's values."""
-        raise NotImplementedError
 
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[Any]]:  # noqa: ARG002
         return [
