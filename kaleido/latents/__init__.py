@@ -12,6 +12,7 @@ from kaleido.latents.base import (
 )
 from kaleido.latents.blob import BlobLatent, GroundedBlob
 from kaleido.latents.box import BoxLatent, GroundedBox
+from kaleido.latents.colour import ColourLatent, ColourShare
 from kaleido.latents.registry import (
     ENTRY_POINT_GROUP,
     available_latent_types,
@@ -26,6 +27,8 @@ __all__ = [
     "HOOKS",
     "BlobLatent",
     "BoxLatent",
+    "ColourLatent",
+    "ColourShare",
     "GroundedBlob",
     "GroundedBox",
     "ENTRY_POINT_GROUP",
