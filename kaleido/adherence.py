@@ -21,6 +21,7 @@ import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule
+from kaleido.devices import resolve_device
 from kaleido.metrics.adherence import adherence_readers, data_adherence, latent_adherence
 from kaleido.modules.kaleido import Kaleido
 from kaleido.viz import samples_grid
@@ -66,7 +67,7 @@ def adherence(
     """
     if num_samples < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"--num_samples, --batch_size and --num_steps must be >= 1, got {num_samples}, {batch_size}, {num_steps}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     model = load(ckpt_path, map_location=device, expected=Kaleido, weights=weights)
     latent_types = model.tokenizer.latent_types
     data = checkpoint_datamodule(Path(ckpt_path), data_config)

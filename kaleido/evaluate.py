@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule, require_data, sample_metrics
+from kaleido.devices import resolve_device
 from kaleido.metrics import (
     ReferenceStatsCache,
     build_feature_extractor,
@@ -221,7 +222,7 @@ def evaluate(
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name, weights)
     models = {key: model for key, (model, _) in loaded.items()}
     image_size = next(iter(models.values())).image_size

@@ -35,6 +35,7 @@ from kaleido.data.folder_format import (
     read_sidecar,
     sidecar_path,
 )
+from kaleido.devices import resolve_device
 from kaleido.latents import Extractor, LatentType, build_latent_type
 
 ItemId = str | int
@@ -227,6 +228,7 @@ def extract(
     batch_size: int = 64,
     limit: int | None = None,
     on_error: Literal["raise", "skip"] = "raise",
+    device: str = "auto",
     progress: bool = True,
 ) -> Path:
     """Extract one latent type for every image of a data set into the sidecar ``<output>/<type>.jsonl``.
@@ -252,6 +254,9 @@ def extract(
         on_error: an unreadable image, an extractor error or a latent that does not read back:
             "raise" stops naming the image; "skip" logs it to ``<type>.errors.jsonl`` and goes on
             (skipped images are retried on the next run).
+        device: where the extractor runs: "auto" (CUDA when a GPU is visible), "cpu" or "cuda". It
+            matters for extractors with a network or batched tensor maths (visual tokens, colour); the
+            others run on the host whatever is given.
         progress: show a progress bar.
 
     Returns:
@@ -263,6 +268,7 @@ def extract(
         raise ValueError(f"limit must be >= 0, got {limit}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    device = resolve_device(device)
     if sum(source is not None for source in (folder, data_config, data)) != 1:
         raise ValueError(
             "name the images with exactly one of --folder DIR (an image folder with metadata.jsonl) "
@@ -284,6 +290,7 @@ def extract(
         directory = Path(output)
     if extractor is None:
         extractor = data_extractor(data, latent_type) or _builtin_extractor(latent_type)
+    extractor = extractor.to(device)
 
     directory.mkdir(parents=True, exist_ok=True)
     path = sidecar_path(directory, latent_type)

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from kaleido.checkpoint import Weights, load
+from kaleido.devices import resolve_device
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.tokenizer import KaleidoTokenizer
 from kaleido.viz import samples_grid, save_grid, to_pil
@@ -57,7 +58,7 @@ def sample(
             'the condition is empty: give the text to condition on, e.g. --condition "a circle" '
             "(for unconditional samples, --cfg_scale 0 ignores it: the model's dropped condition)"
         )
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device)
     model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if latent is not None and not model.uses_latents:
         raise ValueError(f"{ckpt_path} is a baseline DiffusionModel: it takes no --latent")

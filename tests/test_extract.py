@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from jsonargparse import CLI
 from torch import Tensor
 
@@ -122,6 +123,38 @@ def test_extractor_failures_are_isolated_to_their_images(folder: Path) -> None:
     assert kinds == {n: expected[c] for n, c in zip(file_names(folder), conditions) if c != "a circle"}
     with pytest.raises(ExtractionError, match="(extractor error|invalid latent) for '"):
         extract("text", folder=folder, extractor=FlakyExtractor(), output=folder / "other", progress=False)
+
+
+class DeviceRecorder(Extractor):
+    """Records where extract put it and which device its images arrive on."""
+
+    def __init__(self) -> None:
+        self.device: str | None = None
+        self.seen: set[str] = set()
+
+    def to(self, device: str) -> DeviceRecorder:
+        self.device = device
+        return self
+
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[str]:
+        self.seen.add(images.device.type)
+        return ["fine"] * len(conditions)
+
+
+def test_the_extractor_is_moved_to_the_device_before_any_image(folder: Path) -> None:
+    recorder = DeviceRecorder()
+    extract("text", folder=folder, extractor=recorder, device="cpu", output=folder / "on_cpu", progress=False)
+    assert recorder.device == "cpu" and recorder.seen == {"cpu"}
+    recorder = DeviceRecorder()
+    extract("text", folder=folder, extractor=recorder, output=folder / "auto", progress=False)
+    assert recorder.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad, expected in [("gpu", "is not a device"), ("meta", "is not supported")]:
+        with pytest.raises(ValueError, match=expected):
+            extract("text", folder=folder, extractor=DeviceRecorder(), device=bad, output=folder / "bad", progress=False)
+    assert not (folder / "bad").exists()  # refused before anything was written
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            extract("text", folder=folder, extractor=DeviceRecorder(), device="cuda", output=folder / "bad", progress=False)
 
 
 def test_a_type_without_a_builtin_extractor_says_what_to_do(folder: Path) -> None:
