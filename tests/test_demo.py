@@ -104,6 +104,10 @@ def test_an_edit_redraws_only_its_image_from_its_own_noise(editor: LatentEditor,
     # Another image's noise with the same z is another image; another z on the same noise, too.
     assert not torch.equal(editor.edit(draw, 0, latents[0]).samples[0].image, new.image)
     assert not torch.equal(editor.edit(edited, 1, latents[1]).samples[1].image, new.image)
+    # At γ = 0 the denoiser sees neither c nor z: an edit leaves every pixel as it was only if the noise
+    # (the initial noise and, for DDPM, each step's) is the same.
+    unguided = editor.draw(CONDITION, 2, Settings(cfg_scale=0.0, num_steps=3, sampler=sampler))
+    assert torch.equal(editor.edit(unguided, 1, latents[0]).samples[1].image, unguided.samples[1].image)
 
 
 def test_a_latent_that_does_not_parse_is_its_types_message(editor: LatentEditor, latents: list[str]) -> None:
