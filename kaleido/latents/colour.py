@@ -132,9 +132,21 @@ def palette_distance(first: Mapping[str, int], second: Mapping[str, int]) -> flo
 
 
 # -- k-means ------------------------------------------------------------------------------------------
+def _distances_to(pixels: Tensor, centres: Tensor) -> Tensor:
+    """ΔE from each pixel to each centre: ``[B, M, 3]``, ``[B, K, 3]`` → ``[B, M, K]``. From the differences,
+    not ‖p‖² − 2p·c + ‖c‖², which cancels to ~1e-3 in float32 at L ~ 100; fused, ~5× the broadcast's speed."""
+    return torch.cdist(pixels, centres, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _nearest(pixels: Tensor, centres: Tensor) -> Tensor:
     """The index of each pixel's nearest centre: ``[B, M, 3]``, ``[B, K, 3]`` → ``[B, M]``."""
-    return ((pixels[:, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1).argmin(-1)
+    return _distances_to(pixels, centres).argmin(-1)
+
+
+def _counts(nearest: Tensor, clusters: int) -> Tensor:
+    """How many pixels each centre holds: ``[B, M]`` indices → ``[B, K]`` (float)."""
+    offsets = torch.arange(nearest.shape[0], device=nearest.device)[:, None] * clusters  # one bin range per image
+    return torch.bincount((nearest + offsets).flatten(), minlength=nearest.shape[0] * clusters).view(-1, clusters).float()
 
 
 def kmeans_palettes(images: Tensor, clusters: int, iterations: int, seed: int, max_pixels: int) -> tuple[Tensor, Tensor]:
@@ -165,16 +177,15 @@ def kmeans_palettes(images: Tensor, clusters: int, iterations: int, seed: int, m
         first = torch.full((batch, 1), min(int(quantiles[0] * count), count - 1), device=pixels.device)
         centres = pixels.gather(1, first[..., None].expand(-1, -1, 3))
         for quantile in quantiles[1:]:
-            nearest = ((pixels[:, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1).amin(-1)  # [B, M]
-            cumulative = nearest.cumsum(1)
+            cumulative = (_distances_to(pixels, centres).amin(-1) ** 2).cumsum(1)  # [B, M]: D² sampling
             chosen = torch.searchsorted(cumulative, quantile * cumulative[:, -1:], right=True).clamp(max=count - 1)
             centres = torch.cat([centres, pixels.gather(1, chosen[..., None].expand(-1, -1, 3))], dim=1)
         for _ in range(iterations):
-            members = torch.nn.functional.one_hot(_nearest(pixels, centres), clusters).to(pixels.dtype)  # [B, M, K]
-            sizes = members.sum(1)[..., None]
-            centres = torch.where(sizes > 0, members.transpose(1, 2) @ pixels / sizes.clamp(min=1), centres)  # empty: stays
-        shares = torch.nn.functional.one_hot(_nearest(pixels, centres), clusters).to(pixels.dtype).mean(1)
-        return centres, shares
+            nearest = _nearest(pixels, centres)
+            sums = pixels.new_zeros(batch, clusters, 3).scatter_add_(1, nearest[..., None].expand(-1, -1, 3), pixels)
+            sizes = _counts(nearest, clusters)[..., None]
+            centres = torch.where(sizes > 0, sums / sizes.clamp(min=1), centres)  # an empty cluster keeps its centre
+        return centres, _counts(_nearest(pixels, centres), clusters) / count
 
 
 def round_shares(shares: Mapping[str, float], step: int) -> dict[str, int]:
