@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from kaleido.extract import extract
-from kaleido.latents import ColourLatent, ColourShare, LatentParseError, build_latent_type, implements, latent_type_class
+from kaleido.latents import (
+    ColourLatent,
+    ColourShare,
+    LatentParseError,
+    build_latent_type,
+    implements,
+    latent_type_class,
+)
 from kaleido.latents.colour import (
     STEPS,
     ColourExtractor,
