@@ -222,8 +222,8 @@ class ColourLatent(LatentType):
 
     Args:
         clusters: K of the k-means, also the most entries a latent holds (1..16).
-        step: shares are multiples of this many percent (a divisor of 100): 5 writes 20 levels and drops
-            colours under 2.5% of the image.
+        step: shares are multiples of this many percent (a divisor of 100): 5 writes 20 levels, and a
+            colour of a few percent (under 2.5% as a rule) rounds to 0 and drops out.
         iterations: Lloyd steps of the extractor's k-means.
         seed: fixes the extractor's k-means++ seeding.
         max_pixels: the extractor reads at most about this many pixels an image (a regular grid beyond).
