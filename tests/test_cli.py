@@ -45,6 +45,9 @@ def _without_z(config_name: str) -> dict:
         ("shapes/baseline", "shapes/kaleido_text"), ("shapes/baseline_gpu", "shapes/kaleido_text_gpu"),
         ("mnist/baseline", "mnist/kaleido_blob"), ("mnist/baseline_gpu", "mnist/kaleido_blob_gpu"),
         ("twemoji/baseline", "twemoji/kaleido"), ("twemoji/baseline_gpu", "twemoji/kaleido_gpu"),
+        ("shapes/baseline", "shapes/kaleido_colour"), ("shapes/baseline_gpu", "shapes/kaleido_colour_gpu"),
+        ("shapes/baseline", "shapes/kaleido_colour_text"), ("shapes/baseline_gpu", "shapes/kaleido_colour_text_gpu"),
+        ("twemoji/baseline_gpu", "twemoji/kaleido_colour_gpu"),
     ],
 )
 def test_each_baseline_config_trains_like_its_kaleido_pair(baseline: str, kaleido: str) -> None:

@@ -5,6 +5,8 @@ the k-means extractor on known images, adherence on exact cases, the palette str
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from kaleido.extract import extract
-from kaleido.latents import ColourLatent, ColourShare, LatentParseError, build_latent_type, implements, latent_type_class
+from kaleido.latents import (
+    ColourLatent,
+    ColourShare,
+    LatentParseError,
+    build_latent_type,
+    implements,
+    latent_type_class,
+)
 from kaleido.latents.colour import (
     STEPS,
     ColourExtractor,
@@ -179,6 +188,30 @@ def test_round_shares_adds_up_by_largest_remainder() -> None:
     assert round_shares({"red": 1 / 3, "blue": 1 / 3, "gray": 1 / 3}, 1) == {"blue": 34, "gray": 33, "red": 33}
 
 
+def test_round_shares_ties_are_not_decided_by_float_noise() -> None:
+    # 2.4, 17.4 and 0.2 units: blue and gray tie at .4 and the larger share, gray, takes the unit; in floats
+    # 20 · 0.12 = 2.4000000000000004 and 20 · 0.87 = 17.4 - 4e-15, which gave it to blue before
+    assert round_shares({"red": 0.01, "blue": 0.12, "gray": 0.87}, 5) == {"blue": 10, "gray": 90}
+    # against exact rational arithmetic, on every three-colour palette in whole percent, for several steps
+    for step in (1, 5, 10, 25):
+        units = 100 // step
+        for first in range(1, 99):
+            for second in range(1, 100 - first):
+                percents = {"red": first, "blue": second, "gray": 100 - first - second}
+                exact = {n: Fraction(units * p, 100) for n, p in percents.items()}
+                want = {n: math.floor(v) for n, v in exact.items()}
+                for name in sorted(exact, key=lambda n: (-(exact[n] % 1), -exact[n], n))[: units - sum(want.values())]:
+                    want[name] += 1
+                got = round_shares({n: p / 100 for n, p in percents.items()}, step)
+                assert got == {n: c * step for n, c in want.items() if c}, (step, percents)
+
+
+@pytest.mark.parametrize("shares", [{"red": -0.1, "blue": 1.1}, {"red": float("nan"), "blue": 1.0}, {"red": 0.0}, {}])
+def test_round_shares_rejects_negative_or_empty_weights(shares: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="palette"):
+        round_shares(shares, 5)
+
+
 # -- the extractor -----------------------------------------------------------------------------------
 def test_half_red_half_blue_gives_two_clusters_of_half() -> None:
     colour = ColourLatent()
@@ -207,6 +240,19 @@ def test_palettes_do_not_depend_on_the_batch_and_large_images_are_subsampled() -
     assert extractor(renders.flip(0), [""] * 12) == together[::-1]
     big = image([(RED, 64), (BLUE, 64)], height=128)[None]  # 16,384 pixels read on every 4th row and column
     assert ColourLatent(max_pixels=1024).build_extractor()(big, [""])[0] == [ColourShare("blue", 50), ColourShare("red", 50)]
+
+
+def test_the_extractor_ignores_a_bf16_autocast_around_it() -> None:
+    # LogSamples and `adherence` may read samples inside an autocast region: the k-means stays float32
+    renders = torch.stack([ShapesDataset(8, ShapesConfig(resolution=32, max_objects=3))[i]["image"] for i in range(8)])
+    extractor = ColourExtractor()
+    want = kmeans_palettes(renders, 4, 10, 0, 4096)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = kmeans_palettes(renders, 4, 10, 0, 4096)
+        found = extractor(renders, [""] * 8)
+        lab = rgb_to_lab(torch.ones(1, 3))
+    assert all(g.dtype == torch.float32 and torch.equal(g, w) for g, w in zip(got, want))
+    assert found == extractor(renders, [""] * 8) and lab.dtype == torch.float32
 
 
 def test_shapes_renders_read_as_their_background_and_colours() -> None:
