@@ -21,6 +21,7 @@ import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule
+from kaleido.diffusion.samplers import SamplerName
 from kaleido.metrics.adherence import adherence_readers, data_adherence, latent_adherence
 from kaleido.modules.kaleido import Kaleido
 from kaleido.viz import samples_grid
@@ -30,7 +31,7 @@ def adherence(
     ckpt_path: Path,
     num_samples: int = 512,
     cfg_scale: float = 3.0,
-    sampler: Literal["ddpm", "ddim"] = "ddpm",
+    sampler: SamplerName = "ddpm",
     num_steps: int = 250,
     seed: int = 0,
     batch_size: int = 256,
@@ -49,7 +50,7 @@ def adherence(
         ckpt_path: a Kaleido checkpoint.
         num_samples: images to draw (the conditions are cycled to this many).
         cfg_scale: the guidance scale γ.
-        sampler: "ddpm" (ancestral, the paper's) or "ddim".
+        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m".
         num_steps: sampler steps.
         seed: fixes the z draws and the noise.
         batch_size: images per forward pass and per reader call.
