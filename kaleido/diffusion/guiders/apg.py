@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from kaleido.diffusion.guiders.base import Guider, Level
@@ -47,9 +48,10 @@ class APG(Guider):
         self._average = diff
         dims = tuple(range(1, diff.dim()))
         diff64, along = diff.double(), d_cond.double()
+        norm = lambda v: torch.linalg.vector_norm(v, dim=dims, keepdim=True)  # noqa: E731 (per sample)
         if self.norm_threshold > 0:
-            diff64 = diff64 * (self.norm_threshold / diff64.norm(dim=dims, keepdim=True)).clamp(max=1.0)
-        unit = along / along.norm(dim=dims, keepdim=True).clamp_min(1e-12)
+            diff64 = diff64 * (self.norm_threshold / norm(diff64)).clamp(max=1.0)
+        unit = along / norm(along).clamp_min(1e-12)
         parallel = (diff64 * unit).sum(dim=dims, keepdim=True) * unit
         update = (diff64 - parallel) + self.eta * parallel
         return level.output(d_cond + (scale - 1) * update.to(d_cond.dtype))
