@@ -237,7 +237,8 @@ def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
     swept = json.loads((tmp_path / "swept" / "metrics.json").read_text())
     assert [(r["model"], r["guider"]) for r in swept["results"]] == [("kaleido", g) for g in ("cfg", "apg_eta0.5", "cads")]
     assert swept["results"][1]["guider_settings"] == {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}
-    assert swept["settings"]["guiders"]["apg_eta0.5"] == {"class_path": "apg", "init_args": swept["results"][1]["guider_settings"]}
+    spec = {"class_path": "kaleido.diffusion.guiders.apg.APG", "init_args": swept["results"][1]["guider_settings"]}
+    assert swept["settings"]["guiders"]["apg_eta0.5"] == spec
     for name in ("kaleido_cfg3", "kaleido_apg_eta0.5_cfg3", "kaleido_cads_cfg3"):
         assert (tmp_path / "swept" / "grids" / f"{name}.png").is_file() and name in swept["sample_metrics"]
     assert len({r["fid"] for r in swept["results"]}) == 3  # the guiders change the samples

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,7 +162,8 @@ def test_built_from_names_class_paths_and_dicts() -> None:
     assert build_guider("kaleido.diffusion.guiders.APG") == APG()
     apg = build_guider({"class_path": "apg", "init_args": {"eta": 0.5}})
     assert apg == APG(eta=0.5) and apg.label == "apg_eta0.5"
-    assert apg.spec() == {"class_path": "apg", "init_args": {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}}
+    path = "kaleido.diffusion.guiders.apg.APG"
+    assert apg.spec() == {"class_path": path, "init_args": {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}}
     assert build_guider(apg.spec()) == apg
     assert build_guider({"class_path": "interval"}).label == "interval"
     assert SamplingSettings().guider == "cfg"
@@ -182,6 +184,19 @@ def test_built_from_names_class_paths_and_dicts() -> None:
 def test_bad_guiders_say_what_and_what_is_accepted(spec: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_guider(spec)  # type: ignore[arg-type]
+
+
+def test_the_guider_in_a_training_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """LightningCLI takes a name or a full class path (it resolves class paths itself)."""
+    config = str(Path(__file__).parent / "configs/tiny_kaleido.yaml")
+    spec = '{"class_path": "kaleido.diffusion.guiders.CADS", "init_args": {"psi": 0.5}}'
+    for value in ("cads", spec):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", config, "--model.init_args.sampling.guider", value, "--print_config"])
+        assert exit_info.value.code in (0, None)
+        assert "guider: cads" in capsys.readouterr().out or value == spec
+    with pytest.raises(SystemExit, match=r"^error: unknown guider 'foo'; expected one of apg, cads, cfg, interval"):
+        main(["fit", "--config", config, "--model.init_args.sampling.guider", "foo", "--trainer.fast_dev_run", "true"])
 
 
 def test_bad_guider_on_the_command_line_is_one_line() -> None:

@@ -140,7 +140,7 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
         raise ValueError(f"(model, guider, CFG scale) {repeated} measured in several inputs; each may occur once")
     guiders: dict[str, Any] = {}
     for report in reports:
-        guiders.update(report["settings"].get("guiders") or {DEFAULT_GUIDER: {"class_path": DEFAULT_GUIDER, "init_args": {}}})
+        guiders.update(report["settings"].get("guiders") or {DEFAULT_GUIDER: {"class_path": "kaleido.diffusion.guiders.cfg.CFG", "init_args": {}}})
     models, order = list(checkpoints), list(dict.fromkeys([*guiders, *(row["guider"] for row in rows)]))
     merged = {
         "settings": {

@@ -84,8 +84,10 @@ class Guider(ABC):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}  # type: ignore[arg-type]
 
     def spec(self) -> dict[str, Any]:
-        """`{"class_path": ..., "init_args": ...}`: what YAML, the command line and reports hold."""
-        return {"class_path": self.name, "init_args": self.settings()}
+        """`{"class_path": ..., "init_args": ...}` with the full class path (what LightningCLI's YAML accepts):
+        what checkpoints, `samples.jsonl` and reports hold."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.settings()}
 
     @property
     def label(self) -> str:
