@@ -22,6 +22,8 @@ import torch
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule
 from kaleido.devices import resolve_device
+from kaleido.diffusion.guiders import build_guider
+from kaleido.diffusion.samplers import SamplerName
 from kaleido.metrics.adherence import adherence_readers, data_adherence, latent_adherence
 from kaleido.modules.kaleido import Kaleido
 from kaleido.viz import samples_grid
@@ -31,8 +33,9 @@ def adherence(
     ckpt_path: Path,
     num_samples: int = 512,
     cfg_scale: float = 3.0,
-    sampler: Literal["ddpm", "ddim"] = "ddpm",
+    sampler: SamplerName = "ddpm",
     num_steps: int = 250,
+    guider: str | dict[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 256,
     conditions: list[str] | None = None,
@@ -50,8 +53,10 @@ def adherence(
         ckpt_path: a Kaleido checkpoint.
         num_samples: images to draw (the conditions are cycled to this many).
         cfg_scale: the guidance scale γ.
-        sampler: "ddpm" (ancestral, the paper's) or "ddim".
+        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m".
         num_steps: sampler steps.
+        guider: the guider (default: the model's ``sampling.guider``, plain CFG): a name or
+            ``{"class_path": ..., "init_args": {...}}`` (docs/sampling.md).
         seed: fixes the z draws and the noise.
         batch_size: images per forward pass and per reader call.
         conditions: the condition texts (default: the training data's, in order).
@@ -68,7 +73,9 @@ def adherence(
     if num_samples < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"--num_samples, --batch_size and --num_steps must be >= 1, got {num_samples}, {batch_size}, {num_steps}")
     device = resolve_device(device)
+    chosen = build_guider(guider)  # a bad guider fails before loading
     model = load(ckpt_path, map_location=device, expected=Kaleido, weights=weights)
+    chosen = build_guider(model.sampling.guider if guider is None else guider)
     latent_types = model.tokenizer.latent_types
     data = checkpoint_datamodule(Path(ckpt_path), data_config)
     if data is None:
@@ -83,7 +90,8 @@ def adherence(
     start = time.perf_counter()
     with autocast:
         out = model.generate(
-            prompts, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, compile=compile
+            prompts, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, compile=compile,
+            guider=chosen,
         )
     seconds = time.perf_counter() - start
     texts = out.latent_texts or []
@@ -99,6 +107,7 @@ def adherence(
         "cfg_scale": cfg_scale,
         "sampler": sampler,
         "num_steps": num_steps,
+        "guider": chosen.spec(),
         "seed": seed,
         "precision": precision,
         "compile": compile,

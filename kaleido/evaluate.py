@@ -1,10 +1,11 @@
-"""``python -m kaleido evaluate``: Kaleido against the baseline over a sweep of CFG scales (docs/evaluation.md).
+"""``python -m kaleido evaluate``: Kaleido against the baseline over a sweep of guiders and CFG scales
+(docs/evaluation.md, docs/sampling.md).
 
-For each model and scale: FID against cached statistics of the training images, improved precision
+For each model, guider and scale: FID against cached statistics of the training images, improved precision
 and recall (k = 3), Vendi score and mean pairwise similarity; the data set's own sample metrics where it
 has them (``sample_metrics``: mode coverage on ``shapes``); for Kaleido, the adherence of every latent type
 that can be measured (:mod:`kaleido.metrics.adherence`). Writes ``metrics.json``, ``metrics.csv``,
-``fid_vs_cfg.png``, ``recall_vs_cfg.png`` and ``grids/<model>_cfg<scale>.png``.
+``fid_vs_cfg.png``, ``recall_vs_cfg.png``, ``fid_vs_recall.png`` and ``grids/<run>.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule, require_data, sample_metrics
 from kaleido.devices import resolve_device
+from kaleido.diffusion.guiders import Guider, build_guider
+from kaleido.diffusion.samplers import SamplerName
 from kaleido.metrics import (
     ReferenceStatsCache,
     build_feature_extractor,
@@ -35,7 +38,7 @@ from kaleido.metrics import (
     vendi_score,
 )
 from kaleido.metrics.adherence import adherence_readers, latent_adherence
-from kaleido.metrics.report import write_report
+from kaleido.metrics.report import run_name, write_report
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
@@ -79,9 +82,10 @@ def sample_sweep(
     autocast: Any,
     progress: tqdm,
     compile: bool = False,
+    guider: Guider | None = None,
 ) -> tuple[Tensor, list[str] | None]:
-    """All samples of one (model, scale), batch by batch; batch ``start`` is seeded by (seed, start) only,
-    so both models and every scale see the same noise (and Kaleido the same z draws per scale)."""
+    """All samples of one (model, guider, scale), batch by batch; batch ``start`` is seeded by (seed, start)
+    only, so both models, every guider and every scale see the same noise (and Kaleido the same z draws)."""
     images, texts = [], []
     for start in range(0, len(conditions), batch_size):
         part = conditions[start : start + batch_size]
@@ -94,11 +98,25 @@ def sample_sweep(
                 seed=seed * 1_000_003 + start,
                 batch_size=len(part),
                 compile=compile,
+                guider=guider,
             )
         images.append(out.images)
         texts += out.latent_texts or []
         progress.update(len(part))
     return torch.cat(images), (texts if model.uses_latents else None)
+
+
+def build_guiders(specs: Sequence[str | dict[str, Any]] | None) -> dict[str, Guider]:
+    """The guiders to sweep, by label (default: plain CFG alone); two with one label are refused."""
+    if specs is not None and not specs:
+        raise ValueError('--guiders is empty; give at least one, e.g. --guiders [cfg,apg] (default: [cfg])')
+    guiders: dict[str, Guider] = {}
+    for spec in specs or ["cfg"]:
+        guider = build_guider(spec)
+        if guider.label in guiders:
+            raise ValueError(f"--guiders names {guider.label!r} twice; give each guider once")
+        guiders[guider.label] = guider
+    return guiders
 
 
 def _check_arguments(
@@ -166,8 +184,9 @@ def evaluate(
     more_ckpt_paths: list[Path] | None = None,
     cfg_scales: Sequence[float] = (1.0, 2.0, 4.0, 8.0),
     num_samples: int = 5000,
-    sampler: Literal["ddpm", "ddim"] = "ddpm",
+    sampler: SamplerName = "ddpm",
     steps: int = 250,
+    guiders: list[str | dict[str, Any]] | None = None,
     output: Path = Path("evaluation"),
     batch_size: int = 256,
     seed: int = 0,
@@ -184,7 +203,8 @@ def evaluate(
     name: str | None = None,
     weights: Weights = "averaged",
 ) -> dict[str, Any]:
-    """Sample each model at each CFG scale and measure it; write the metrics, plots and grids to ``output``.
+    """Sample each model with each guider at each CFG scale and measure it; write the metrics, plots and
+    grids to ``output``.
 
     Args:
         ckpt_path: a Kaleido checkpoint (or a baseline, evaluated alone).
@@ -194,8 +214,11 @@ def evaluate(
             by its latent types (``kaleido-text``, ``kaleido-text-box-visual_token``).
         cfg_scales: guidance scales γ.
         num_samples: images per model and scale.
-        sampler: "ddpm" (ancestral, the paper's) or "ddim".
+        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m" (DPM-Solver++(2M)).
         steps: sampler steps (the paper: DDPM 250).
+        guiders: the guiders to sweep, each a name (``cfg``, ``interval``, ``apg``, ``cads``) or
+            ``{"class_path": ..., "init_args": {...}}`` (docs/sampling.md); default plain CFG alone.
+            Every model is measured with each of them at every scale; rows carry the guider's label.
         output: the output folder (created).
         batch_size: images per forward pass (sampling and features).
         seed: fixes the noise and the z draws; the same for both models and every scale.
@@ -222,6 +245,7 @@ def evaluate(
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size)
+    swept = build_guiders(guiders)
     device = resolve_device(device)
     loaded = _load_models(ckpt_path, baseline_ckpt_path, more_ckpt_paths or [], device, name, weights)
     models = {key: model for key, (model, _) in loaded.items()}
@@ -256,44 +280,52 @@ def evaluate(
         else nullcontext()
     )
     rows, details = [], {}
-    progress = tqdm(total=len(models) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
-    for model_name, model in models.items():
-        readers = adherence_readers(model.tokenizer.latent_types if model.uses_latents else [], datamodule, device)
-        for note in readers.notes():
-            print(f"{model_name}: {note}")
-        for scale in cfg_scales:
-            progress.set_postfix(model=model_name, cfg=scale)
-            start = time.perf_counter()
-            images, texts = sample_sweep(
-                model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile
-            )
-            seconds = time.perf_counter() - start
-            grid = output / "grids" / f"{model_name}_cfg{scale:g}.png"
-            if texts is None:
-                save_grid(images[:64], str(grid), nrow=8, upscale=2)
-            else:  # with each z drawn over its sample by the types that draw
-                samples_grid(images[:64], texts[:64], model.tokenizer.latent_types, ncols=8, upscale=2, captions=False).save(grid)
-            fake = extract_features(extractor, images, batch_size)
-            pr = precision_recall(real, fake, k=3)
-            row: dict[str, Any] = {
-                "model": model_name,
-                "cfg_scale": float(scale),
-                "num_samples": num_samples,
-                "fid": compute_fid(reference, fake),
-                "precision": pr.precision,
-                "recall": pr.recall,
-                "vendi": vendi_score(fake),
-                "mean_similarity": mean_pairwise_similarity(fake),
-            }
-            measured = sample_metrics(datamodule, images, prompts)  # e.g. mode coverage on shapes
-            if measured is not None:
-                row.update(measured[0])
-                details[f"{model_name}_cfg{scale:g}"] = measured[1]
-            if texts is not None and readers.extractors:
-                scores = latent_adherence(images, texts, model.tokenizer.latent_types, readers.extractors, prompts, batch_size)
-                for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
-                    row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
-            rows.append({**row, "sampling_seconds": round(seconds, 2)})
+    progress = tqdm(total=len(models) * len(swept) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
+    runs = [(model_name, label, scale) for model_name in models for label in swept for scale in cfg_scales]
+    readers: dict[str, Any] = {}  # per model: who reads its latents back (adherence)
+    for model_name, label, scale in runs:
+        model, guider = models[model_name], swept[label]
+        if model_name not in readers:
+            types = model.tokenizer.latent_types if model.uses_latents else []
+            readers[model_name] = adherence_readers(types, datamodule, device)
+            for note in readers[model_name].notes():
+                print(f"{model_name}: {note}")
+        progress.set_postfix(model=model_name, guider=label, cfg=scale)
+        start = time.perf_counter()
+        images, texts = sample_sweep(
+            model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile, guider
+        )
+        seconds = time.perf_counter() - start
+        name = run_name(model_name, label, scale)
+        grid = output / "grids" / f"{name}.png"
+        if texts is None:
+            save_grid(images[:64], str(grid), nrow=8, upscale=2)
+        else:  # with each z drawn over its sample by the types that draw
+            samples_grid(images[:64], texts[:64], model.tokenizer.latent_types, ncols=8, upscale=2, captions=False).save(grid)
+        fake = extract_features(extractor, images, batch_size)
+        pr = precision_recall(real, fake, k=3)
+        row: dict[str, Any] = {
+            "model": model_name,
+            "guider": label,
+            "guider_settings": guider.settings(),
+            "cfg_scale": float(scale),
+            "num_samples": num_samples,
+            "fid": compute_fid(reference, fake),
+            "precision": pr.precision,
+            "recall": pr.recall,
+            "vendi": vendi_score(fake),
+            "mean_similarity": mean_pairwise_similarity(fake),
+        }
+        measured = sample_metrics(datamodule, images, prompts)  # e.g. mode coverage on shapes
+        if measured is not None:
+            row.update(measured[0])
+            details[name] = measured[1]
+        extractors = readers[model_name].extractors
+        if texts is not None and extractors:
+            scores = latent_adherence(images, texts, model.tokenizer.latent_types, extractors, prompts, batch_size)
+            for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
+                row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
+        rows.append({**row, "sampling_seconds": round(seconds, 2)})
     progress.close()
 
     report = {
@@ -302,6 +334,7 @@ def evaluate(
             "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
             "models": {key: str(path) for key, (_, path) in loaded.items()},
             "cfg_scales": [float(s) for s in cfg_scales],
+            "guiders": {label: guider.spec() for label, guider in swept.items()},
             "num_samples": num_samples,
             "sampler": sampler,
             "steps": steps,
@@ -322,5 +355,5 @@ def evaluate(
         "sample_metrics": details,
     }
     write_report(output, report, list(models))
-    print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png and grids/ ({len(rows)} runs)")
+    print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png, fid_vs_recall.png and grids/ ({len(rows)} runs)")
     return report

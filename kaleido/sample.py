@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.devices import resolve_device
+from kaleido.diffusion.guiders import build_guider
+from kaleido.diffusion.samplers import SamplerName
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.tokenizer import KaleidoTokenizer
 from kaleido.viz import samples_grid, save_grid, to_pil
@@ -24,8 +26,9 @@ def sample(
     latent: str | None = None,
     seed: int = 0,
     output: Path = Path("samples"),
-    sampler: Literal["ddpm", "ddim"] | None = None,
+    sampler: SamplerName | None = None,
     num_steps: int | None = None,
+    guider: str | dict[str, Any] | None = None,
     batch_size: int = 64,
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
@@ -43,8 +46,12 @@ def sample(
         latent: an editable latent text that replaces the sampled z for every image (Kaleido only).
         seed: fixes the diffusion noise and the latent draws.
         output: the output folder (created).
-        sampler: "ddpm" (ancestral, the paper's) or "ddim" (default: the model's).
+        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m" (DPM-Solver++(2M), 20–30 steps)
+            (default: the model's).
         num_steps: sampler steps (default: the model's, 250 for DDPM).
+        guider: how guidance combines the branches (default: the model's ``sampling.guider``, plain CFG):
+            a name, ``cfg``, ``interval``, ``apg``, ``cads``, or ``{"class_path": ..., "init_args": {...}}``
+            (docs/sampling.md).
         batch_size: images per forward pass.
         device: "auto" (CUDA if available), "cpu" or "cuda".
         precision: "bf16" runs the networks under bfloat16 autocast (GPU).
@@ -59,6 +66,7 @@ def sample(
             "(for unconditional samples, --cfg_scale 0 ignores it: the model's dropped condition)"
         )
     device = resolve_device(device)
+    chosen = None if guider is None else build_guider(guider)  # a bad guider fails before loading
     model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if latent is not None and not model.uses_latents:
         raise ValueError(f"{ckpt_path} is a baseline DiffusionModel: it takes no --latent")
@@ -67,7 +75,7 @@ def sample(
         out = model.generate(
             [condition] * num_samples,
             latents=None if latent is None else [latent] * num_samples,
-            cfg_scale=cfg_scale, sampler=sampler, num_steps=num_steps, seed=seed, batch_size=batch_size,
+            cfg_scale=cfg_scale, sampler=sampler, num_steps=num_steps, seed=seed, batch_size=batch_size, guider=chosen,
         )
     output.mkdir(parents=True, exist_ok=True)
     save_grid(out.images, str(output / "grid.png"), upscale=2)
@@ -77,6 +85,7 @@ def sample(
         "cfg_scale": model.sampling.cfg_scale if cfg_scale is None else cfg_scale,
         "sampler": sampler or model.sampling.sampler,
         "num_steps": num_steps or model.sampling.num_steps,
+        "guider": build_guider(model.sampling.guider if chosen is None else chosen).spec(),
         "seed": seed,
         "weights": model.loaded_weights,  # "trained" where the checkpoint keeps no average
     }

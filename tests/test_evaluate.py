@@ -178,7 +178,7 @@ def test_evaluate_bad_input_says_what(
 
 
 def test_unknown_sampler_is_refused_by_the_parser() -> None:
-    with pytest.raises(SystemExit, match=r"^error: --sampler: 'euler' is not accepted; expected one of 'ddpm', 'ddim'$"):
+    with pytest.raises(SystemExit, match=r"^error: --sampler: 'euler' is not accepted; expected one of 'ddpm', 'ddim', 'dpmpp_2m'$"):
         main(["evaluate", "--ckpt_path", "x.ckpt", "--sampler", "euler"])
 
 
@@ -221,3 +221,46 @@ def test_adherence_command_measures_each_type_against_chance_and_the_data(checkp
         main(["adherence", "--ckpt_path", str(checkpoints["baseline"]), "--output", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--num_samples, --batch_size and --num_steps must be >= 1"):
         main(["adherence", "--ckpt_path", str(checkpoints["kaleido"]), "--num_samples", "0"])
+
+
+def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path
+) -> None:
+    """`--guiders` adds a run per (model, guider, scale), each row naming its guider and settings; a report
+    written before guiders (no guider anywhere) joins as plain CFG, and all lines share one FID–recall plot."""
+    cache = tmp_path / "cache"
+    args = _args(checkpoints, features, tmp_path / "swept", cache)
+    del args[3:5]  # Kaleido alone
+    args[args.index("--cfg_scales") + 1] = "[3]"
+    apg = '{"class_path": "apg", "init_args": {"eta": 0.5}}'
+    main([*args, "--guiders", f"[cfg, {apg}, cads]"])
+    swept = json.loads((tmp_path / "swept" / "metrics.json").read_text())
+    assert [(r["model"], r["guider"]) for r in swept["results"]] == [("kaleido", g) for g in ("cfg", "apg_eta0.5", "cads")]
+    assert swept["results"][1]["guider_settings"] == {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}
+    spec = {"class_path": "kaleido.diffusion.guiders.apg.APG", "init_args": swept["results"][1]["guider_settings"]}
+    assert swept["settings"]["guiders"]["apg_eta0.5"] == spec
+    for name in ("kaleido_cfg3", "kaleido_apg_eta0.5_cfg3", "kaleido_cads_cfg3"):
+        assert (tmp_path / "swept" / "grids" / f"{name}.png").is_file() and name in swept["sample_metrics"]
+    assert len({r["fid"] for r in swept["results"]}) == 3  # the guiders change the samples
+    with open(tmp_path / "swept" / "metrics.csv") as file:
+        assert json.loads(list(csv.DictReader(file))[1]["guider_settings"])["eta"] == 0.5
+
+    # The baseline as an evaluation written before guiders existed: no guider in its rows or settings.
+    old = tmp_path / "old"
+    base = _args(checkpoints, features, old, cache)
+    del base[3:5]
+    base[base.index("--ckpt_path") + 1] = str(checkpoints["baseline"])
+    main([*base, "--cfg_scales", "[1,3]"])
+    report = json.loads((old / "metrics.json").read_text())
+    report["settings"].pop("guiders")
+    report["results"] = [{k: v for k, v in r.items() if k not in ("guider", "guider_settings")} for r in report["results"]]
+    (old / "metrics.json").write_text(json.dumps(report))
+    main(["report", "--inputs", f"[{tmp_path / 'swept'},{old}]", "--output", str(tmp_path / "all")])
+    joined = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    runs = [(r["model"], r["guider"], r["cfg_scale"]) for r in joined["results"]]
+    assert runs == [("kaleido", g, 3.0) for g in ("cfg", "apg_eta0.5", "cads")] + [("baseline", "cfg", 1.0), ("baseline", "cfg", 3.0)]
+    assert list(joined["settings"]["guiders"]) == ["cfg", "apg_eta0.5", "cads"]
+    for name in ("fid_vs_cfg.png", "recall_vs_cfg.png", "fid_vs_recall.png"):
+        assert Image.open(tmp_path / "all" / name).size[0] > 100
+    with pytest.raises(SystemExit, match=r"\(model, guider, CFG scale\) \[\('baseline', 'cfg', 1.0\)"):
+        main(["report", "--inputs", f"[{old},{old}]", "--output", str(tmp_path / "x")])

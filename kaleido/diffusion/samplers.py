@@ -1,6 +1,7 @@
-"""Reverse-process samplers over a respaced subset of the schedule's timesteps.
+"""Reverse-process samplers over a respaced subset of the schedule's timesteps: DDPM (ancestral, the
+paper's), DDIM and DPM-Solver++(2M).
 
-Both samplers walk K timesteps τ_{K-1} = T-1 > ... > τ_0 = 0 chosen evenly as in improved-DDPM, and
+All samplers walk K timesteps τ_{K-1} = T-1 > ... > τ_0 = 0 chosen evenly as in improved-DDPM, and
 treat them as a K-step schedule with ᾱ'_i = ᾱ[τ_i] and ᾱ'_{-1} = 1 (clean data). The network is always
 called with the ORIGINAL timestep index τ_i, so a model trained on T steps needs no rescaling.
 
@@ -23,6 +24,7 @@ from kaleido.diffusion.schedule import PREDICTIONS, CosineSchedule, Prediction, 
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """(x_t [B, C, H, W], t [B] long original timestep index in 0..T-1) -> model output."""
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 
 
 def respaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
@@ -46,13 +48,17 @@ class Sampler(ABC):
         self.num_steps = num_steps
         self.prediction = prediction
         self.clip_x0 = clip_x0
-        steps = respaced_timesteps(schedule.num_timesteps, num_steps)
+        steps = self.grid(schedule.num_timesteps, num_steps)
         self.timesteps = torch.tensor(steps, dtype=torch.long)  # decreasing: T-1 ... 0
         self._steps = steps
         abar = schedule.alphas_cumprod.detach().cpu().double()[self.timesteps].tolist()
         # Python floats: constant per step, so the loop needs no device tensors and never syncs.
         self.abar: list[float] = abar
         self.abar_prev: list[float] = abar[1:] + [1.0]
+
+    def grid(self, num_timesteps: int, num_steps: int) -> list[int]:
+        """The timesteps the network is called at, from T-1 down (default: down to 0, `respaced_timesteps`)."""
+        return respaced_timesteps(num_timesteps, num_steps)
 
     def predict(self, denoise: DenoiseFn, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
         """(x0, ε) estimates at loop position i, with x0 optionally clipped to [-1, 1] and ε made consistent."""
@@ -65,6 +71,9 @@ class Sampler(ABC):
         x0 = x0.clamp(-1, 1)
         # Recompute ε from (the clipped) x0 so both estimates describe the same x_t.
         return x0, (x - a * x0) / s
+
+    def start(self) -> None:
+        """A new run begins: reset per-run state (a multistep sampler's history)."""
 
     @abstractmethod
     def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
@@ -81,6 +90,7 @@ class Sampler(ABC):
     ) -> Tensor:
         """Integrate from pure noise x_{T-1} = `noise` to x0 (in [-1, 1] when `clip_x0`)."""
         x = noise
+        self.start()
         for i in tqdm(range(self.num_steps), disable=not progress, desc=type(self).__name__):
             x0, eps = self.predict(denoise, x, i)
             x = self.step(x, x0, eps, i, generator)
@@ -152,13 +162,64 @@ class DDIMSampler(Sampler):
         return super().__repr__()[:-1] + f", eta={self.eta})"
 
 
-def build_sampler(
-    name: Literal["ddpm", "ddim"], schedule: CosineSchedule, num_steps: int, **kwargs: object
-) -> Sampler:
+class DPMSolverPP2MSampler(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Alg. 2): the probability-flow ODE solved in
+    its data-prediction form, second order from the x0 estimates of the last two steps. With
+    λ = log(α/σ), h_i = λ_{i+1} − λ_i and r_i = h_{i−1} / h_i:
+
+        D_i     = x0_i                                           first step (first order: DDIM, η = 0)
+        D_i     = (1 + 1/(2 r_i)) x0_i − 1/(2 r_i) x0_{i−1}     later steps
+        x_{i+1} = (σ_{i+1} / σ_i) x_i − α_{i+1} (e^{−h_i} − 1) D_i
+
+    The network is called at K timesteps spread evenly from T-1 towards 0 as if there were K + 1, the
+    last of them dropped (t ≈ T/K): the last step goes from there to clean data (σ = 0, λ = ∞) in one
+    first-order update, which is x0 itself (diffusers' `final_sigmas_type="zero"`). Stepping into t = 0
+    first, as DDPM and DDIM do, would make the second-order step before it extrapolate over a λ-step
+    five times its predecessor (error 0.15 against 0.006 at K = 20 on Gaussian data). x0 is clipped as in the other samplers (`clip_x0`), which the
+    data-prediction form tolerates. Deterministic given the noise; the generator is not used.
+    """
+
+    def __init__(
+        self,
+        schedule: CosineSchedule,
+        num_steps: int = 20,
+        prediction: Prediction = "v",
+        clip_x0: bool = True,
+    ) -> None:
+        super().__init__(schedule, num_steps, prediction, clip_x0)
+        self.lam: list[float] = [0.5 * math.log(a / (1 - a)) for a in self.abar]  # λ_i; λ of clean data is ∞
+        self._previous: tuple[Tensor, float] | None = None  # (x0, h) of the last step
+
+    def grid(self, num_timesteps: int, num_steps: int) -> list[int]:
+        return respaced_timesteps(num_timesteps, min(num_steps + 1, num_timesteps))[:num_steps]
+
+    def start(self) -> None:
+        self._previous = None
+
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        if i == self.num_steps - 1:  # to σ = 0: the first-order update is x0
+            return x0
+        abar_next = self.abar_prev[i]
+        alpha_next, sigma_next, sigma = math.sqrt(abar_next), math.sqrt(1 - abar_next), math.sqrt(1 - self.abar[i])
+        h = self.lam[i + 1] - self.lam[i]
+        d = x0
+        if self._previous is not None:
+            previous, h_previous = self._previous
+            half_inv_r = h / (2 * h_previous)  # 1 / (2 r_i)
+            d = (1 + half_inv_r) * x0 - half_inv_r * previous
+        self._previous = (x0, h)
+        return (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
+
+
+SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmpp_2m": DPMSolverPP2MSampler}
+
+
+def build_sampler(name: SamplerName, schedule: CosineSchedule, num_steps: int, **kwargs: object) -> Sampler:
     """Construct a sampler by name; `kwargs` go to its constructor (e.g. eta, prediction, clip_x0)."""
-    samplers: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
-    if name not in samplers:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(samplers)}")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
     if not isinstance(num_steps, int) or not 1 <= num_steps <= schedule.num_timesteps:
-        raise ValueError(f"num_steps must be an int in 1..{schedule.num_timesteps}, got {num_steps!r}")
-    return samplers[name](schedule, num_steps=num_steps, **kwargs)  # type: ignore[arg-type]
+        raise ValueError(
+            f"num_steps must be an int in 1..{schedule.num_timesteps} for sampler {name!r}, got {num_steps!r}"
+        )
+    return SAMPLERS[name](schedule, num_steps=num_steps, **kwargs)  # type: ignore[arg-type]

@@ -42,6 +42,20 @@ def output_to_x0_eps(
     raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
+def x0_to_output(
+    x_t: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | float, prediction: Prediction
+) -> Tensor:
+    """The network output that implies the estimate `x0` at x_t (the inverse of `output_to_x0_eps`)."""
+    if prediction == "x0":
+        return x0
+    eps = (x_t - alpha * x0) / sigma
+    if prediction == "eps":
+        return eps
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
 class CosineSchedule(nn.Module):
     """Cosine schedule over integer timesteps t = 0..T-1 (t = 0 is the least noisy).
 

@@ -1,5 +1,7 @@
-"""What `python -m kaleido evaluate` writes (the metrics as JSON and CSV, and metric-against-CFG plots),
-and ``python -m kaleido report``, which joins evaluations run apart (e.g. one model per GPU) into one."""
+"""What `python -m kaleido evaluate` writes (the metrics as JSON and CSV, metric-against-CFG plots and the
+FID–recall plot), and ``python -m kaleido report``, which joins evaluations run apart (e.g. one model per
+GPU) into one. A run is (model, guider, CFG scale); rows written before guiders existed carry no guider
+and stand for plain CFG."""
 
 from __future__ import annotations
 
@@ -14,39 +16,86 @@ PLOTS = {
     "fid": ("fid_vs_cfg.png", "FID (lower is better)"),
     "recall": ("recall_vs_cfg.png", "recall (higher is better)"),
 }
+DEFAULT_GUIDER = "cfg"  # what a row without a guider was sampled with
+
+
+def guider_of(row: dict[str, Any]) -> str:
+    return row.get("guider") or DEFAULT_GUIDER
+
+
+def run_name(model: str, guider: str, scale: float) -> str:
+    """``<model>_cfg<scale>`` for plain CFG (the names before guiders existed), else
+    ``<model>_<guider>_cfg<scale>``: grid files and ``sample_metrics`` keys."""
+    middle = "" if guider == DEFAULT_GUIDER else f"_{guider}"
+    return f"{model}{middle}_cfg{scale:g}"
+
+
+def _lines(rows: list[dict[str, Any]], models: Sequence[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """One line per (model, guider), in the models' order, then the guiders' order of appearance; a
+    line is named by its model alone where every row used plain CFG."""
+    guiders = list(dict.fromkeys(guider_of(r) for r in rows))
+    lines = []
+    for model in models:
+        for guider in guiders:
+            points = sorted((r for r in rows if r["model"] == model and guider_of(r) == guider), key=lambda r: r["cfg_scale"])
+            if points:
+                lines.append((model if guiders == [DEFAULT_GUIDER] else f"{model} + {guider}", points))
+    return lines
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
 def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
-    """``metrics.json``, ``metrics.csv`` (one row per model × scale) and one plot per metric of ``PLOTS``
-    with every model on the same axes."""
+    """``metrics.json``, ``metrics.csv`` (one row per run), one plot per metric of ``PLOTS`` against the
+    CFG scale and ``fid_vs_recall.png``, every model and guider on the same axes."""
     rows = report["results"]
     (output / "metrics.json").write_text(json.dumps(report, indent=2))
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(output / "metrics.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
     from matplotlib.figure import Figure
 
-    for metric, (name, label) in PLOTS.items():
+    lines = _lines(rows, models)
+
+    def axes_to(name: str, xlabel: str, ylabel: str, draw: Any) -> None:
         figure = Figure(figsize=(4.5, 3.2))
         FigureCanvasAgg(figure)
         axes = figure.subplots()
-        for model in models:
-            points = [(r["cfg_scale"], r[metric]) for r in rows if r["model"] == model]
-            axes.plot(*zip(*points), marker="o", label=model)
-        scales = sorted({r["cfg_scale"] for r in rows})
-        if scales[0] > 0:
-            axes.set_xscale("log", base=2)  # scales usually double: 1, 2, 4, 8
-            axes.minorticks_off()
-        axes.set_xticks(scales, [f"{s:g}" for s in scales])
-        axes.set_xlabel("CFG scale γ")
-        axes.set_ylabel(label)
+        draw(axes)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize="small")
         figure.tight_layout()
         figure.savefig(output / name, dpi=150)
+
+    scales = sorted({r["cfg_scale"] for r in rows})
+    for metric, (name, label) in PLOTS.items():
+
+        def against_scale(axes: Any, metric: str = metric) -> None:
+            for line, points in lines:
+                axes.plot([p["cfg_scale"] for p in points], [p[metric] for p in points], marker="o", label=line)
+            if scales[0] > 0:
+                axes.set_xscale("log", base=2)  # scales usually double: 1, 2, 4, 8
+                axes.minorticks_off()
+            axes.set_xticks(scales, [f"{s:g}" for s in scales])
+
+        axes_to(name, "CFG scale γ", label, against_scale)
+
+    def frontier(axes: Any) -> None:
+        for line, points in lines:
+            axes.plot([p["recall"] for p in points], [p["fid"] for p in points], marker="o", label=line)
+            for p in points:  # each point's γ beside it
+                axes.annotate(f"{p['cfg_scale']:g}", (p["recall"], p["fid"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+
+    axes_to("fid_vs_recall.png", "recall (higher is better)", "FID (lower is better)", frontier)
 
 
 # Settings that must agree for evaluations to share a table: the same samples, seeds and reference.
@@ -57,8 +106,9 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
     """Join the ``metrics.json`` of several ``evaluate`` outputs into one report in ``output``: the
     rows of every model, the plots with all of them on the same axes, and their grids. The
     evaluations must share the sampling settings and the FID reference. A model may be split over
-    several inputs by CFG scale (the same checkpoint and name, disjoint ``--cfg_scales``); different
-    checkpoints need different names (``evaluate --name``)."""
+    several inputs by guider or CFG scale (the same checkpoint and name, disjoint ``--guiders`` or
+    ``--cfg_scales``); different checkpoints need different names (``evaluate --name``). Rows without
+    a guider (evaluations from before guiders) are plain CFG."""
     if len(inputs) < 2:
         raise ValueError(f"report joins at least two evaluate outputs, got {len(inputs)}")
     reports = []
@@ -74,7 +124,7 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
             differ = {k: pair for k, pair in differ.items() if pair[0] != pair[1]}
             if differ:
                 raise ValueError(f"{folder} was evaluated differently from {inputs[0]} ({section}: {differ})")
-    # One model may be split over several inputs by scale (--cfg_scales), from the same checkpoint.
+    # One model may be split over several inputs by guider or scale, from the same checkpoint.
     checkpoints: dict[str, str] = {}
     for folder, report in zip(inputs, reports):
         for name, path in report["settings"]["models"].items():
@@ -83,24 +133,27 @@ def merge_reports(inputs: list[Path], output: Path) -> dict[str, Any]:
                     f"model name {name!r} stands for {checkpoints[name]} and for {path} ({folder}); "
                     "name them apart with evaluate --name"
                 )
-    runs = [(row["model"], row["cfg_scale"]) for report in reports for row in report["results"]]
+    rows = [{**row, "guider": guider_of(row)} for report in reports for row in report["results"]]
+    runs = [(row["model"], row["guider"], row["cfg_scale"]) for row in rows]
     repeated = sorted({run for run in runs if runs.count(run) > 1})
     if repeated:
-        raise ValueError(f"(model, CFG scale) {repeated} measured in several inputs; each may occur once")
-    models = list(checkpoints)
+        raise ValueError(f"(model, guider, CFG scale) {repeated} measured in several inputs; each may occur once")
+    guiders: dict[str, Any] = {}
+    for report in reports:
+        guiders.update(report["settings"].get("guiders") or {DEFAULT_GUIDER: {"class_path": "kaleido.diffusion.guiders.cfg.CFG", "init_args": {}}})
+    models, order = list(checkpoints), list(dict.fromkeys([*guiders, *(row["guider"] for row in rows)]))
     merged = {
         "settings": {
             **{k: first["settings"][k] for k in COMPARABLE},
             "models": checkpoints,
             "loaded_weights": {k: v for r in reports for k, v in r["settings"].get("loaded_weights", {}).items()},
             "cfg_scales": sorted({s for r in reports for s in r["settings"]["cfg_scales"]}),
+            "guiders": guiders,
             "devices": sorted({d for r in reports for d in r["settings"].get("devices", [r["settings"].get("device")])}),
             "inputs": [str(folder) for folder in inputs],
         },
         "reference": first["reference"],
-        "results": sorted(
-            (row for r in reports for row in r["results"]), key=lambda row: (models.index(row["model"]), row["cfg_scale"])
-        ),
+        "results": sorted(rows, key=lambda row: (models.index(row["model"]), order.index(row["guider"]), row["cfg_scale"])),
         "sample_metrics": {k: v for r in reports for k, v in r.get("sample_metrics", {}).items()},
     }
     (output / "grids").mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from kaleido.checkpoint_io import CHECKPOINT_KEY
-from kaleido.diffusion.guidance import classifier_free_guidance, conditioned
+from kaleido.diffusion.guiders import Guider, GuiderSpec, build_guider, guided_denoiser
 from kaleido.diffusion.samplers import build_sampler
 from kaleido.diffusion.schedule import CosineSchedule
 from kaleido.modules.common import adam_with_warmup, checkpoint_record, log_options
@@ -38,6 +38,7 @@ class Conditioning:
     mask: Tensor  # [B, L] bool, True = real token
     losses: dict[str, Tensor] = field(default_factory=dict)  # weighted auxiliary losses (e.g. the prior's)
     metrics: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimised
+    segments: tuple[int, ...] | None = None  # lengths of the parts joined along L (Kaleido: c, z); None: one
 
 
 @dataclass
@@ -185,16 +186,22 @@ class ConditionalDiffusion(LightningModule, ABC):
 
     def sample_images(
         self, cond: Conditioning, cfg_scale: float, sampler: str, num_steps: int, generator: torch.Generator,
-        compile: bool = False, progress: bool = False,
+        compile: bool = False, progress: bool = False, guider: Guider | None = None,
     ) -> Tensor:
+        """x ~ sampler(denoiser, cond, γ), guided by ``guider`` (default plain CFG). The guider's own noise
+        (CADS) comes from a generator seeded apart, so the image noise is the same for every guider."""
         shape = (cond.states.shape[0], 3, self.image_size, self.image_size)
         noise = torch.randn(shape, device=self.device, generator=generator)
-        states, mask = cond.states, cond.mask
+        states, mask, segments = cond.states, cond.mask, cond.segments or (cond.states.shape[1],)
         if compile:  # one conditioning length for every batch: the compiled graph is reused, not rebuilt
             extra = max(0, self.conditioning_limit - states.shape[1])
             states, mask = F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
-        model_fn = conditioned(self.network("unet", compile), states, mask)
-        denoise = classifier_free_guidance(model_fn, cfg_scale)
+            segments = (*segments[:-1], segments[-1] + extra)  # padding joins the last part (masked out)
+        own = torch.Generator(self.device).manual_seed(generator.initial_seed() + 2)  # + 1 draws z
+        denoise = guided_denoiser(
+            self.network("unet", compile), states, mask, guider or build_guider(None), cfg_scale,
+            self.schedule, self.diffusion_settings.prediction, own, segments,
+        )
         run = build_sampler(sampler, self.schedule, num_steps, prediction=self.diffusion_settings.prediction)  # type: ignore[arg-type]
         return run(denoise, noise, generator=generator, progress=progress)
 
@@ -211,6 +218,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         batch_size: int = 64,
         progress: bool = False,
         compile: bool | None = None,
+        guider: GuiderSpec | Guider | None = None,
     ) -> Generation:
         """Sample one image per condition. ``latents`` (Kaleido only): an editable z per condition that
         replaces the sampled one (``None`` entries are sampled). The diffusion noise depends only on
@@ -218,11 +226,14 @@ class ConditionalDiffusion(LightningModule, ABC):
         (default ``sampling.compile``) runs the denoiser through ``torch.compile``: worth it for long
         sweeps (2.8× the eager forward at batch 4,096 on an H100, after ~30 s of compiling); every new
         batch size compiles again, so keep the number of conditions a multiple of ``batch_size``.
-        ``progress`` shows a bar over the sampler's steps for each batch."""
+        ``progress`` shows a bar over the sampler's steps for each batch. ``guider`` (default
+        ``sampling.guider``, plain CFG): a guider, its name or ``{"class_path", "init_args"}``
+        (docs/sampling.md)."""
         conditions = list(conditions)
         if latents is not None and len(latents) != len(conditions):
             raise ValueError(f"got {len(latents)} latents for {len(conditions)} conditions; give one per condition")
         settings = self.sampling
+        guide = build_guider(settings.guider if guider is None else guider)
         images, texts = [], []
         was_training = self.training
         self.eval()
@@ -242,6 +253,7 @@ class ConditionalDiffusion(LightningModule, ABC):
                     generator,
                     settings.compile if compile is None else compile,
                     progress,
+                    guide,
                 )
                 images.append(x.float().cpu())
                 texts += latent_texts or []

@@ -99,6 +99,7 @@ class Kaleido(ConditionalDiffusion):
             mask=torch.cat([condition_mask, latent_mask], dim=1),
             losses={"loss_ar": self.ar_loss_weight * out.nll},
             metrics={"nll": out.nll.detach()},
+            segments=(encoded.shape[1], z_states.shape[1]),
         )
 
     def condition(self, batch: dict[str, Any]) -> Conditioning:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from kaleido.checkpoint_io import from_dict, to_dict
+from kaleido.diffusion.guiders import GuiderSpec, build_guider
+from kaleido.diffusion.samplers import SamplerName
 from kaleido.nn.prior import T5Settings
 
 S = TypeVar("S")
@@ -47,15 +49,21 @@ class DiffusionSettings:
 
 @dataclass
 class SamplingSettings:
-    """Defaults for ``generate`` (paper: DDPM ancestral, 250 respaced steps, x0 clipped)."""
+    """Defaults for ``generate`` (paper: DDPM ancestral, 250 respaced steps, x0 clipped, plain CFG).
+    ``guider``: a name (``cfg``, ``interval``, ``apg``, ``cads``) or ``{class_path: ..., init_args: {...}}``
+    (docs/sampling.md); kept as plain data, so checkpoints store it as written."""
 
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sampler: SamplerName = "ddpm"
     num_steps: int = 250
     cfg_scale: float = 3.0
     temperature: float = 1.0  # the prior's; 1.0 is what the diversity argument assumes
     top_k: int | None = None
     top_p: float | None = None
     compile: bool = False  # torch.compile the denoiser for sampling (long sweeps; ~30 s per new batch size)
+    guider: GuiderSpec = "cfg"
+
+    def __post_init__(self) -> None:
+        build_guider(self.guider)  # an unknown guider or a bad setting fails here, with one line
 
 
 @dataclass
