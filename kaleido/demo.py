@@ -26,6 +26,7 @@ from torch import Tensor
 from kaleido.checkpoint import Weights, load
 from kaleido.datasets.folder_writer import MissingPackageError
 from kaleido.devices import resolve_device
+from kaleido.diffusion.guiders import GUIDERS, build_guider
 from kaleido.modules.base import ConditionalDiffusion, Generation
 from kaleido.modules.settings import SamplingSettings
 from kaleido.viz import draw_latents, to_pil
@@ -50,6 +51,7 @@ class Settings:
     num_steps: int
     sampler: str
     seed: int = 0
+    guider: str = "cfg"  # a registered guider's name, at its default settings (or the checkpoint's own)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class LatentEditor:
 
     def defaults(self) -> Settings:
         sampling = self.model.sampling
-        return Settings(sampling.cfg_scale, sampling.num_steps, sampling.sampler)
+        return Settings(sampling.cfg_scale, sampling.num_steps, sampling.sampler, guider=build_guider(sampling.guider).name)
 
     def draw(self, condition: str, count: int, settings: Settings) -> Draw:
         """``count`` images for ``condition``, each with a z sampled from the prior (and the baseline's
@@ -131,9 +133,11 @@ class LatentEditor:
     def _generate(
         model: ConditionalDiffusion, condition: str, seed: int, latent: str | None, settings: Settings
     ) -> Generation:
+        own = model.sampling.guider  # the checkpoint's guider keeps its own settings when its name is chosen
         return model.generate(
             [condition], latents=None if latent is None else [latent], seed=seed,
             cfg_scale=settings.cfg_scale, sampler=settings.sampler, num_steps=settings.num_steps,
+            guider=own if build_guider(own).name == settings.guider else settings.guider,
         )
 
     def picture(self, image: Tensor, latent: str | None = None) -> Image.Image:
@@ -197,9 +201,11 @@ def build_app(editor: LatentEditor, title: str = "Kaleido: latent editor") -> An
             "" if problem is None else message(problem, "This z does not parse"),
         ]
 
-    def generate(condition: str, count: float, cfg_scale: float, num_steps: float, seed: float, sampler: str) -> list[Any]:
+    def generate(
+        condition: str, count: float, cfg_scale: float, num_steps: float, seed: float, sampler: str, guider: str = "cfg"
+    ) -> list[Any]:
         try:
-            settings = Settings(float(cfg_scale), int(num_steps), sampler, int(seed))
+            settings = Settings(float(cfg_scale), int(num_steps), sampler, int(seed), guider)
             result = editor.draw(condition, int(count), settings)
         except ValueError as error:  # bad input: said on the page, the images stay
             return [gr.update(), message(error), *[gr.update()] * (5 * MAX_IMAGES)]
@@ -234,6 +240,7 @@ def build_app(editor: LatentEditor, title: str = "Kaleido: latent editor") -> An
             num_steps = gr.Slider(1, editor.model.schedule.num_timesteps, value=defaults.num_steps, step=1, label="sampler steps")
             seed = gr.Slider(0, 10_000, value=0, step=1, label="seed")
             sampler = gr.Dropdown(list(SAMPLERS), value=defaults.sampler, label="sampler")
+            guider = gr.Dropdown(sorted(GUIDERS), value=defaults.guider, label="guider (docs/sampling.md)")
         note = gr.Markdown()
         state = gr.State(None)
         slots: list[_Slot] = []
@@ -255,7 +262,7 @@ def build_app(editor: LatentEditor, title: str = "Kaleido: latent editor") -> An
                         status = gr.Markdown()
                     slots.append(_Slot(column, image, baseline, latent, button, status))
         outputs = [c for slot in slots for c in (slot.column, slot.image, slot.baseline, slot.latent, slot.status)]
-        inputs = [condition, count, cfg_scale, num_steps, seed, sampler]
+        inputs = [condition, count, cfg_scale, num_steps, seed, sampler, guider]
         run.click(generate, inputs, [state, note, *outputs], api_name="generate", **queue)
         condition.submit(generate, inputs, [state, note, *outputs], api_name=False, **queue)
         for index, slot in enumerate(slots):

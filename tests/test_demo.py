@@ -110,6 +110,20 @@ def test_an_edit_redraws_only_its_image_from_its_own_noise(editor: LatentEditor,
     assert torch.equal(editor.edit(unguided, 1, latents[0]).samples[1].image, unguided.samples[1].image)
 
 
+def test_the_guider_is_chosen_by_name_and_the_draw_keeps_it(editor: LatentEditor, latents: list[str]) -> None:
+    assert editor.defaults().guider == "cfg"  # the checkpoint's sampling.guider (plain CFG here)
+    plain = editor.draw(CONDITION, 1, Settings(cfg_scale=3.0, num_steps=3, sampler="ddim"))
+    apg = editor.draw(CONDITION, 1, Settings(cfg_scale=3.0, num_steps=3, sampler="ddim", guider="apg"))
+    expected = editor.model.generate([CONDITION], seed=plain.samples[0].seed, cfg_scale=3.0, sampler="ddim", num_steps=3, guider="apg")
+    assert torch.equal(apg.samples[0].image, expected.images[0]) and not torch.equal(apg.samples[0].image, plain.samples[0].image)
+    edited = editor.edit(apg, 0, latents[0])  # an edit redraws with the draw's guider
+    again = editor.model.generate([CONDITION], latents=[latents[0]], seed=apg.samples[0].seed, cfg_scale=3.0, sampler="ddim",
+                                  num_steps=3, guider="apg")
+    assert torch.equal(edited.samples[0].image, again.images[0])
+    with pytest.raises(ValueError, match="unknown guider"):
+        editor.draw(CONDITION, 1, Settings(cfg_scale=3.0, num_steps=3, sampler="ddim", guider="nope"))
+
+
 def test_a_latent_that_does_not_parse_is_its_types_message(editor: LatentEditor, latents: list[str]) -> None:
     draw = editor.draw(CONDITION, 2, Settings(cfg_scale=3.0, num_steps=2, sampler="ddim"))
     with pytest.raises(LatentParseError, match="at position 2") as error:
