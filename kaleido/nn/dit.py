@@ -110,7 +110,7 @@ class DiT(ConditionedDenoiser):
         preset = DIT_SIZES[size]
         depth, hidden, heads = (preset[i] if v is None else v for i, v in enumerate((depth, hidden, heads)))
         if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}; use a patch size that divides it (2 or 4 for 64²)")
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}; use a patch size that divides {image_size} (e.g. 2 or 4)")
         if hidden % heads or hidden % 4:
             raise ValueError(f"hidden {hidden} must be divisible by heads ({heads}) and by 4 (the 2-D sin-cos position embedding)")
         if pos_embed not in ("sincos", "learned"):
