@@ -5,6 +5,7 @@ sampling, and checkpoints written before the denoiser became pluggable."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from tests.test_models import LATENT, _fit, batch_of
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+CONFIGS = Path(__file__).parent / "configs"
 COND_DIM, SIZE = 24, 16
 TINY_DIT = {"size": "S", "patch_size": 4, "depth": 2, "hidden": 32, "heads": 2, "cond_layers": 1}
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -165,3 +167,24 @@ def test_a_unet_checkpoint_written_before_issue_17_loads(text_data, tmp_path) ->
             assert torch.equal(value, new[key][name]), name
     # Resuming an old run goes through the same load_state_dict: strict, every key found.
     model.load_state_dict(old["state_dict"])
+
+
+def test_one_yaml_block_switches_the_backbone() -> None:
+    """Through the CLI, `denoiser:` (class_path + init_args, checked by jsonargparse) builds the DiT, and
+    the checkpoint's hyperparameters hold its spec; `unet:` beside it is refused."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from kaleido.cli import KaleidoCLI
+
+    dit = ["--model.init_args.denoiser", "kaleido.nn.dit.DiT", "--model.init_args.denoiser.init_args.depth", "2",
+           "--model.init_args.denoiser.init_args.hidden", "32", "--model.init_args.denoiser.init_args.heads", "2"]
+
+    def cli(*args: str) -> KaleidoCLI:
+        return KaleidoCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                          run=False, save_config_callback=None, args=["--config", str(CONFIGS / "tiny_kaleido.yaml"), *args])
+
+    model = cli("--model.init_args.unet", "null", *dit).model
+    assert isinstance(model.denoiser, DiT) and model.hparams["unet"] is None
+    assert model.hparams["denoiser"] == {"class_path": "kaleido.nn.dit.DiT", "init_args": {**model.denoiser.init_args(), "depth": 2, "hidden": 32}}
+    with pytest.raises(ValueError, match="give the denoiser once"):
+        cli(*dit)
