@@ -38,8 +38,8 @@ def test_qk_norm_adds_parameters_only_when_on(text_data) -> None:  # type: ignor
     assert normed - plain == {"q_norm.weight", "k_norm.weight"} and not plain - normed
     kwargs = tiny_model_kwargs()
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**kwargs, "unet": replace(kwargs["unet"], qk_norm=True)})
-    attentions = [m for m in model.unet.modules() if isinstance(m, MultiHeadAttention)]
-    norms = [m for m in model.unet.modules() if isinstance(m, torch.nn.RMSNorm)]
+    attentions = [m for m in model.denoiser.modules() if isinstance(m, MultiHeadAttention)]
+    norms = [m for m in model.denoiser.modules() if isinstance(m, torch.nn.RMSNorm)]
     assert len(norms) == 2 * len(attentions) > 0
 
 
@@ -48,7 +48,7 @@ def test_shares_sum_to_one_and_the_baseline_has_no_latent(text_data, baseline_da
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()).train()
     shares = cross_attention_shares(model, batch_of(text_data), timesteps=(100, 900))
     assert list(shares) == [100, 900] and model.training  # the model's mode is restored
-    blocks = sum(name.endswith("cross_attn") for name, _ in model.unet.named_modules())
+    blocks = sum(name.endswith("cross_attn") for name, _ in model.denoiser.named_modules())
     for step in shares.values():
         assert step.null + step.condition + step.latent == pytest.approx(1.0, abs=1e-5)
         assert len(step.layers) == blocks == 4 and all(sum(v) == pytest.approx(1.0, abs=1e-5) for v in step.layers.values())

@@ -219,7 +219,7 @@ def models(text_data, baseline_data) -> dict[str, kaleido.Kaleido]:  # type: ign
     for name, cls, data in (("kaleido", kaleido.Kaleido, text_data), ("baseline", kaleido.DiffusionModel, baseline_data)):
         torch.manual_seed(0)
         model = cls(tokenizer=data.tokenizer, **tiny_model_kwargs())
-        for p in model.unet.parameters():
+        for p in model.denoiser.parameters():
             if p.dim() > 1 and not p.any():
                 torch.nn.init.normal_(p, std=0.05)
         found[name] = model.eval()
@@ -237,7 +237,7 @@ def legacy_generate(model, conditions: list[str], scale: float, sampler: str, st
     def model_fn(x: Tensor, t: Tensor, uncond: Tensor) -> Tensor:
         reps = x.shape[0] // cond.states.shape[0]
         c, m = (cond.states, cond.mask) if reps == 1 else (cond.states.repeat(reps, 1, 1), cond.mask.repeat(reps, 1))
-        return model.unet(x, t, c, m, uncond)
+        return model.denoiser(x, t, c, m, uncond)
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         if scale == 1.0:
@@ -285,7 +285,7 @@ def test_the_models_sampling_guider_is_the_default(text_data) -> None:  # type: 
     torch.manual_seed(0)
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **kwargs)
     assert model.hparams["sampling"]["guider"] == "cads"  # plain data in the checkpoint
-    for p in model.unet.parameters():
+    for p in model.denoiser.parameters():
         if p.dim() > 1 and not p.any():
             torch.nn.init.normal_(p, std=0.05)
     default, cads, cfg = (model.generate(["a circle"], seed=0, guider=g).images for g in (None, "cads", "cfg"))

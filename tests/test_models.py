@@ -44,7 +44,7 @@ def test_diffusion_loss_reaches_the_decoder_unless_detached(text_data, detach: b
     model = kaleido.Kaleido(
         tokenizer=text_data.tokenizer, ar_loss_weight=0.0, detach_latent_states=detach, **tiny_model_kwargs()
     )
-    for p in model.unet.parameters():  # zero-initialised layers would block every gradient at step 0
+    for p in model.denoiser.parameters():  # zero-initialised layers would block every gradient at step 0
         if p.dim() > 1 and not p.any():
             torch.nn.init.normal_(p, std=0.05)
     batch = batch_of(text_data)
@@ -75,7 +75,7 @@ def test_condition_and_latent_are_dropped_together(text_data) -> None:  # type: 
             seen.update(cond=cond, mask=cond_mask, uncond=uncond)
             return torch.zeros_like(x)
 
-    model.unet = Spy()
+    model.denoiser = Spy()
     batch = batch_of(text_data)
     images = batch["image"].repeat(64, 1, 1, 1)
     cond = model.condition(batch)
@@ -166,7 +166,7 @@ def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> 
     stored = torch.load(tmp_path / "last.ckpt", weights_only=True)
     averaged = kaleido.load(tmp_path / "last.ckpt").state_dict()
     trained = kaleido.load(tmp_path / "last.ckpt", weights="trained").state_dict()
-    name = "unet.input_conv.weight"
+    name = "denoiser.input_conv.weight"
     assert torch.equal(averaged[name], stored["state_dict"][name])
     assert torch.equal(trained[name], stored["current_model_state"][name])
     assert not torch.equal(averaged[name], trained[name])
@@ -178,7 +178,7 @@ def test_load_gives_the_averaged_or_the_trained_weights(text_data, tmp_path) -> 
     # the trained weights' output bias is shifted: with the same seed their images must then differ.
     from kaleido.sample import sample
 
-    bias = [k for k in stored["current_model_state"] if k.startswith("unet.out.") and k.endswith("bias")][-1]  # the last conv's
+    bias = [k for k in stored["current_model_state"] if k.startswith("denoiser.out.") and k.endswith("bias")][-1]  # the last conv's
     stored["current_model_state"][bias] = stored["current_model_state"][bias] + 0.5
     torch.save(stored, tmp_path / "shifted.ckpt")
     images = {}

@@ -41,9 +41,9 @@ def cross_attention_shares(
     cond = model.condition(batch)
     images = batch["image"].to(cond.states.device)
     condition_length = batch["condition_ids"].shape[1]
-    layers = {name: m for name, m in model.unet.named_modules() if name.endswith("cross_attn")}
+    layers = {name: m for name, m in model.denoiser.named_modules() if name.endswith("cross_attn")}
     if not layers:
-        raise ValueError(f"{type(model.unet).__name__} has no cross-attention layers (modules named '*cross_attn')")
+        raise ValueError(f"{type(model.denoiser).__name__} has no cross-attention layers (modules named '*cross_attn')")
     recorded: dict[str, Tensor] = {}
 
     def record(name: str) -> Any:
@@ -61,7 +61,7 @@ def cross_attention_shares(
         for step in timesteps:
             t = torch.full((images.shape[0],), step, device=images.device, dtype=torch.long)
             noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
-            model.unet(model.schedule.add_noise(images, noise, t), t, cond.states, cond.mask)
+            model.denoiser(model.schedule.add_noise(images, noise, t), t, cond.states, cond.mask)
             shares = {name: tuple(float(v) for v in recorded[name]) for name in layers}
             overall = torch.tensor(list(shares.values())).mean(0).tolist()
             result[step] = AttentionShares(*overall, layers=shares)  # type: ignore[arg-type]

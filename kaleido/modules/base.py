@@ -1,4 +1,4 @@
-"""What the baseline and Kaleido share: a pixel-space UNet denoiser over a conditioning sequence,
+"""What the baseline and Kaleido share: a pixel-space denoiser (UNet, DiT, ...) over a conditioning sequence,
 the v-prediction loss with (c, z) dropped together, Adam with warm-up, CFG sampling, and a
 checkpoint that carries its config and tokenizer."""
 
@@ -28,7 +28,7 @@ from kaleido.modules.settings import (
     from_dict,
     to_dict,
 )
-from kaleido.nn.unet import UNet
+from kaleido.nn.denoiser import Denoiser, DenoiserFactory, build_denoiser, rename_keys
 from kaleido.tokenizer import KaleidoTokenizer
 
 
@@ -48,6 +48,10 @@ class Generation:
     latent_texts: list[str] | None  # the editable z each image was drawn from (None for the baseline)
 
 
+def _rename_legacy_keys(module: torch.nn.Module, state_dict: dict, prefix: str, *args: object) -> None:  # noqa: ARG001
+    rename_keys(state_dict, prefix, {"unet.": "denoiser."})
+
+
 class ConditionalDiffusion(LightningModule, ABC):
     """Base class. Subclasses say how a batch becomes a conditioning sequence (``condition``)."""
 
@@ -59,6 +63,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         image_size: int,
         t5: T5Settings | dict | None,
         unet: UNetSettings | dict | None,
+        denoiser: DenoiserFactory | dict | None,
         diffusion: DiffusionSettings | dict | None,
         sampling: SamplingSettings | dict | None,
         optimizer: OptimizerSettings | dict | None,
@@ -79,31 +84,47 @@ class ConditionalDiffusion(LightningModule, ABC):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.t5_settings = from_dict(T5Settings, t5)
-        self.unet_settings = from_dict(UNetSettings, unet)
+        if unet is not None and denoiser is not None:
+            raise ValueError(
+                "give the denoiser once: `unet:` (the UNet's sizes) or `denoiser:` (any backbone by class_path, "
+                "e.g. kaleido.nn.dit.DiT), not both"
+            )
+        # `unet:` is the UNet by its sizes (every config and checkpoint before issue 17); `denoiser:` any backbone.
+        self.denoiser_choice = denoiser if denoiser is not None else {
+            "class_path": "kaleido.nn.unet.UNet", "init_args": {"in_channels": 3, **to_dict(from_dict(UNetSettings, unet))}
+        }
+        self._extra_hparams = extra_hparams
         self.diffusion_settings = from_dict(DiffusionSettings, diffusion)
         self.sampling = from_dict(SamplingSettings, sampling)
         self.optimizer_settings = from_dict(OptimizerSettings, optimizer)
         self.compile_training = compile
-        self.save_hyperparameters({**self.hparams_dict(), **extra_hparams}, logger=True)
         self.schedule = CosineSchedule(self.diffusion_settings.num_timesteps)
+        # Checkpoints written before issue 17 name the denoiser `unet`.
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def hparams_dict(self) -> dict[str, Any]:
-        """Constructor arguments as plain data (what a checkpoint stores and ``kaleido.load`` replays)."""
+        """Constructor arguments as plain data (what a checkpoint stores and ``kaleido.load`` replays);
+        the denoiser as its spec, ``{"class_path", "init_args"}``, whichever way it was given."""
         return {
             "image_size": self.image_size,
             "t5": to_dict(self.t5_settings),
-            "unet": to_dict(self.unet_settings),
+            "unet": None,
+            "denoiser": self.denoiser.spec(),
             "diffusion": to_dict(self.diffusion_settings),
             "sampling": to_dict(self.sampling),
             "optimizer": to_dict(self.optimizer_settings),
             "compile": self.compile_training,
         }
 
-    def build_denoiser(self, cond_dim: int) -> UNet:
-        return UNet(in_channels=3, cond_dim=cond_dim, **to_dict(self.unet_settings))
+    def add_denoiser(self, cond_dim: int) -> None:
+        """Build the denoiser for conditioning states of width ``cond_dim``: the last step of a subclass's
+        ``__init__``. The hyperparameters are saved here, once the denoiser's spec is known (a factory
+        from the config tells its class and arguments only by building)."""
+        self.denoiser: Denoiser = build_denoiser(self.denoiser_choice, cond_dim=cond_dim, image_size=self.image_size)
+        self.save_hyperparameters({**self.hparams_dict(), **self._extra_hparams}, logger=True)
 
     def network(self, name: str, compiled: bool) -> torch.nn.Module:
-        """The submodule ``name`` (e.g. ``"unet"``), or its ``torch.compile`` wrapper (static shapes).
+        """The submodule ``name`` (e.g. ``"denoiser"``), or its ``torch.compile`` wrapper (static shapes).
         Wrappers are built on first use and kept out of the module tree: parameter names, checkpoints
         and the EMA's copy of the model stay as without compiling, and a wrapper always runs the
         current (e.g. averaged) weights."""
@@ -141,7 +162,7 @@ class ConditionalDiffusion(LightningModule, ABC):
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
         uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
         x_t = self.schedule.add_noise(images, noise, t)
-        output = self.training_network("unet")(x_t, t, cond.states, cond.mask, uncond)
+        output = self.training_network("denoiser")(x_t, t, cond.states, cond.mask, uncond)
         settings = self.diffusion_settings
         target = self.schedule.target(images, noise, t, settings.prediction)
         if settings.loss_weighting == "uniform":
@@ -199,7 +220,7 @@ class ConditionalDiffusion(LightningModule, ABC):
             segments = (*segments[:-1], segments[-1] + extra)  # padding joins the last part (masked out)
         own = torch.Generator(self.device).manual_seed(generator.initial_seed() + 2)  # + 1 draws z
         denoise = guided_denoiser(
-            self.network("unet", compile), states, mask, guider or build_guider(None), cfg_scale,
+            self.network("denoiser", compile), states, mask, guider or build_guider(None), cfg_scale,
             self.schedule, self.diffusion_settings.prediction, own, segments,
         )
         run = build_sampler(sampler, self.schedule, num_steps, prediction=self.diffusion_settings.prediction)  # type: ignore[arg-type]

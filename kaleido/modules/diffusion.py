@@ -6,12 +6,13 @@ from typing import Any
 
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
 from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
+from kaleido.nn.denoiser import DenoiserFactory
 from kaleido.nn.prior import build_condition_encoder
 from kaleido.tokenizer import KaleidoTokenizer
 
 
 class DiffusionModel(ConditionalDiffusion):
-    """UNet denoiser cross-attending to the T5 encoder states of ``c``.
+    """The denoiser (UNet, DiT, ...) cross-attending to the T5 encoder states of ``c``.
 
     The encoder has the architecture of Kaleido's prior encoder (``t5``; decoder fields unused), so
     the baseline and Kaleido differ only by ``z``.
@@ -20,7 +21,8 @@ class DiffusionModel(ConditionalDiffusion):
         tokenizer: built by the data module (linked by the CLI).
         image_size: image side in pixels (linked from the data module).
         t5: size of the condition encoder, or a local pretrained checkpoint.
-        unet: size of the denoiser.
+        unet: the sizes of the default denoiser, the UNet (``kaleido.nn.unet.UNet``).
+        denoiser: any denoiser backbone by ``class_path`` (e.g. ``kaleido.nn.dit.DiT``), instead of ``unet``.
         diffusion: schedule, parameterisation and condition-drop probability.
         sampling: defaults for ``generate`` and the validation sample grids.
         optimizer: Adam and warm-up.
@@ -34,6 +36,7 @@ class DiffusionModel(ConditionalDiffusion):
         image_size: int = 32,
         t5: T5Settings | None = None,
         unet: UNetSettings | None = None,
+        denoiser: DenoiserFactory | None = None,
         diffusion: DiffusionSettings | None = None,
         sampling: SamplingSettings | None = None,
         optimizer: OptimizerSettings | None = None,
@@ -41,13 +44,13 @@ class DiffusionModel(ConditionalDiffusion):
         compile: bool = False,
     ) -> None:
         super().__init__(
-            tokenizer, image_size, t5, unet, diffusion, sampling, optimizer, compile,
+            tokenizer, image_size, t5, unet, denoiser, diffusion, sampling, optimizer, compile,
             extra_hparams={"freeze_condition_encoder": freeze_condition_encoder},
         )
         tok = self.tokenizer
         self.condition_encoder = build_condition_encoder(self.t5_settings, tok.vocab_size, tok.pad_id, tok.eos_id)
         self.condition_encoder.requires_grad_(not freeze_condition_encoder)
-        self.unet = self.build_denoiser(self.condition_encoder.config.d_model)
+        self.add_denoiser(self.condition_encoder.config.d_model)
 
     def encode(self, ids: Any, mask: Any) -> Conditioning:
         states = self.training_network("condition_encoder")(input_ids=ids, attention_mask=mask).last_hidden_state

@@ -16,6 +16,7 @@ from torch import Tensor
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
 from kaleido.modules.common import sample_latent_ids
 from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
+from kaleido.nn.denoiser import DenoiserFactory
 from kaleido.nn.latent_conditioner import LatentConditioner
 from kaleido.nn.prior import LatentPriorNet
 from kaleido.tokenizer import KaleidoTokenizer
@@ -28,7 +29,8 @@ class Kaleido(ConditionalDiffusion):
         tokenizer: built by the data module, with its latent types (linked by the CLI).
         image_size: image side in pixels (linked from the data module).
         t5: size of the prior (encoder-decoder), or a local pretrained checkpoint.
-        unet: size of the denoiser.
+        unet: the sizes of the default denoiser, the UNet (``kaleido.nn.unet.UNet``).
+        denoiser: any denoiser backbone by ``class_path`` (e.g. ``kaleido.nn.dit.DiT``), instead of ``unet``.
         diffusion: schedule, parameterisation and the probability of dropping (c, z) together.
         sampling: defaults for ``generate`` (sampler, steps, CFG, prior temperature / top-k / top-p).
         optimizer: Adam and warm-up.
@@ -48,6 +50,7 @@ class Kaleido(ConditionalDiffusion):
         image_size: int = 32,
         t5: T5Settings | None = None,
         unet: UNetSettings | None = None,
+        denoiser: DenoiserFactory | None = None,
         diffusion: DiffusionSettings | None = None,
         sampling: SamplingSettings | None = None,
         optimizer: OptimizerSettings | None = None,
@@ -59,7 +62,7 @@ class Kaleido(ConditionalDiffusion):
         if ar_loss_weight < 0:
             raise ValueError(f"ar_loss_weight must be >= 0, got {ar_loss_weight}")
         super().__init__(
-            tokenizer, image_size, t5, unet, diffusion, sampling, optimizer, compile,
+            tokenizer, image_size, t5, unet, denoiser, diffusion, sampling, optimizer, compile,
             extra_hparams={
                 "ar_loss_weight": ar_loss_weight,
                 "detach_latent_states": detach_latent_states,
@@ -76,7 +79,7 @@ class Kaleido(ConditionalDiffusion):
             load_prior_weights(self.prior, init_prior_from)
         width = self.prior.hidden_size
         self.latent_conditioner = LatentConditioner(tok.latent_types, tok.tag_ids, width)
-        self.unet = self.build_denoiser(width)
+        self.add_denoiser(width)
 
     def latent_conditioning(
         self,

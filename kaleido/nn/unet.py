@@ -1,15 +1,8 @@
 """Pixel-space conditional U-Net (ADM layout, Matryoshka-Diffusion style sequence conditioning).
 
-Conditioning path (`UNet.encode_condition`):
-  1. project cond [B, L, cond_dim] to the embedding width E = 4 · base_channels;
-  2. prepend a learned null token that is never masked; rows with `uncond=True` mask out every real
-     token, so dropping the condition (CFG training / sampling) is a pure mask operation and the
-     unconditional model sees a learned null conditioning;
-  3. `cond_layers` pre-norm transformer layers over the (masked) sequence;
-  4. a masked mean over the sequence is added to the timestep embedding (global conditioning), and the
-     sequence is the key/value input of cross-attention at `attention_levels` and in the middle block.
-Padded tokens never reach a real token, the pool or a cross-attention output, so outputs do not depend
-on padding length or content.
+The conditioning path is :class:`kaleido.nn.conditioning.ConditionedDenoiser`'s (null token, masked
+transformer layers over ``[enc(c); h(z)]``, pooled into the timestep embedding); the sequence is the
+key/value input of cross-attention at ``attention_levels`` and in the middle block.
 """
 
 from __future__ import annotations
@@ -17,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kaleido.nn.attention import TransformerBlock
 from kaleido.nn.blocks import (
     AttentionBlock,
     CondSequential,
@@ -28,9 +20,10 @@ from kaleido.nn.blocks import (
     timestep_embedding,
     zero_init,
 )
+from kaleido.nn.conditioning import ConditionedDenoiser
 
 
-class UNet(nn.Module):
+class UNet(ConditionedDenoiser):
     """Conditional U-Net ε/v/x0 predictor: `forward(x, t, cond, cond_mask, uncond) -> [B, C, H, W]`.
 
     Args:
@@ -41,7 +34,9 @@ class UNet(nn.Module):
         num_res_blocks: ResBlocks per level on the way down (one more on the way up).
         attention_levels: indices into `channel_mult` that get self+cross attention after each ResBlock.
         num_heads: heads of every attention layer.
-        cond_dim: feature size of the conditioning sequence.
+        cond_dim: feature size of the conditioning sequence (given by the model).
+        image_size: image side the model trains at (given by the model), checked against the
+            downsampling factor; ``None`` checks each input instead.
         cond_layers: transformer layers applied to the conditioning sequence.
         dropout: dropout inside ResBlocks and the conditioning MLPs.
         qk_norm: RMS-normalise queries and keys in every attention layer (see `MultiHeadAttention`).
@@ -59,28 +54,28 @@ class UNet(nn.Module):
         cond_layers: int = 2,
         dropout: float = 0.0,
         qk_norm: bool = False,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         if not channel_mult:
             raise ValueError("channel_mult must have at least one level")
         if any(not 0 <= lvl < len(channel_mult) for lvl in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} must index channel_mult {channel_mult}")
-        self.in_channels = in_channels
-        self.base_channels = base_channels
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
+        if image_size is not None and image_size % self.downsample_factor:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by {self.downsample_factor}, the UNet's downsampling "
+                f"(2 ** (len(channel_mult) - 1) with channel_mult {tuple(channel_mult)}); use a multiple of {self.downsample_factor}"
+            )
+        self.in_channels, self.base_channels, self.channel_mult = in_channels, base_channels, tuple(channel_mult)
+        self.num_res_blocks, self.attention_levels, self.num_heads = num_res_blocks, tuple(attention_levels), num_heads
+        self.cond_layers, self.dropout, self.qk_norm = cond_layers, dropout, qk_norm
         emb_dim = 4 * base_channels
         self.emb_dim = emb_dim
 
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-        # Conditioning sequence encoder.
-        self.cond_proj = nn.Linear(cond_dim, emb_dim)
-        self.null_token = nn.Parameter(torch.randn(1, 1, emb_dim) * 0.02)
-        self.cond_blocks = nn.ModuleList(
-            TransformerBlock(emb_dim, num_heads, dropout=dropout, qk_norm=qk_norm) for _ in range(cond_layers)
-        )
-        self.cond_norm = nn.LayerNorm(emb_dim)
-        self.pool_proj = nn.Linear(emb_dim, emb_dim)
+        self.add_condition_path(cond_dim, emb_dim, num_heads, cond_layers, dropout, qk_norm)
 
         def res(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, cout, emb_dim, dropout)
@@ -119,32 +114,6 @@ class UNet(nn.Module):
 
         # Zero-init output: the untrained model predicts 0 (= the mean target for v / eps).
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
-
-    @property
-    def num_params(self) -> int:
-        """Number of parameters (all trainable)."""
-        return sum(p.numel() for p in self.parameters())
-
-    def encode_condition(
-        self, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return (context [B, 1+L, E], context_mask [B, 1+L] bool, pooled [B, E]); position 0 is the null token."""
-        keep = cond_mask.bool()
-        if uncond is not None:
-            keep = keep & ~uncond.bool()[:, None]
-        # Zero dropped tokens before they touch any weight: masked garbage (even NaN/inf) cannot leak.
-        cond = cond.masked_fill(~keep[..., None], 0.0)
-        tokens = self.cond_proj(cond)
-        b = tokens.shape[0]
-        null = self.null_token.to(tokens.dtype).expand(b, -1, -1)
-        context = torch.cat([null, tokens], dim=1)
-        mask = torch.cat([keep.new_ones(b, 1), keep], dim=1)
-        for block in self.cond_blocks:
-            context = block(context, mask)
-        context = self.cond_norm(context)
-        w = mask[..., None].to(context.dtype)
-        pooled = (context * w).sum(dim=1) / w.sum(dim=1)  # >= 1 kept token (the null), never 0/0
-        return context, mask, self.pool_proj(pooled)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
         """x [B, C, H, W]; t [B] timestep values (long or float); cond [B, L, cond_dim]; cond_mask [B, L]
