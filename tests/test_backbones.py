@@ -147,8 +147,9 @@ def _as_before_issue_17(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_unet_checkpoint_written_before_issue_17_loads(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from kaleido.callbacks import EMA
     from lightning.pytorch import Trainer
+
+    from kaleido.callbacks import EMA
 
     torch.manual_seed(0)
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())

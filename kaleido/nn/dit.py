@@ -18,7 +18,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-import torch
 from einops import rearrange
 from timm.layers import Attention, Mlp, PatchEmbed, build_sincos2d_pos_embed
 from torch import Tensor, nn
