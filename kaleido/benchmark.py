@@ -45,7 +45,7 @@ import time
 import typing
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -196,19 +196,26 @@ def training_parts(
     yield "conditioning"
 
 
-def count_flops(model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> dict[str, int]:
-    """FLOPs of one step's forward and backward, by part, counted on the eager model."""
+@contextmanager
+def _eager(model: ConditionalDiffusion) -> Iterator[None]:
+    """The model's training steps without their compiled wrappers, for work done once (a recompile would cost more)."""
     compiled, model.compile_training = model.compile_training, False
-    flops = dict.fromkeys(("conditioning", "denoiser"), 0)
     try:
-        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-            done = 0
-            for part in training_parts(model, batch, autocast):
-                flops[part] += counter.get_total_flops() - done
-                done = counter.get_total_flops()
+        yield
     finally:
         model.compile_training = compiled
-        model.zero_grad(set_to_none=True)
+
+
+def count_flops(model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> dict[str, int]:
+    """FLOPs of one step's forward and backward, by part, counted on the eager model (the counter cannot
+    see inside compiled graphs)."""
+    flops = dict.fromkeys(("conditioning", "denoiser"), 0)
+    with _eager(model), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        done = 0
+        for part in training_parts(model, batch, autocast):
+            flops[part] += counter.get_total_flops() - done
+            done = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
     return flops
 
 
@@ -262,7 +269,7 @@ def measure_denoiser_only(
     model: ConditionalDiffusion, batch: dict[str, Any], optimizer_step: Callable[[], None], device: str,
     autocast: Callable[[], AbstractContextManager], steps: int, warmup: int,
 ) -> float:
-    with torch.no_grad(), autocast():
+    with _eager(model), torch.no_grad(), autocast():
         cond = model.condition(batch)
     states = cond.states.detach().requires_grad_()  # as in the full step, the denoiser also returns its gradient
     fixed = Conditioning(states, cond.mask)
