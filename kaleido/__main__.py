@@ -9,6 +9,7 @@
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
     prepare                 a real image data set installed from PyPI (twemoji, mnist) as an image folder
     demo                    a local web app: sample z, edit it, redraw from the same noise (the `demo` extra; docs/demo.md)
+    benchmark               a training config's step (images/s, FLOPs, MFU, where the time goes) and CFG sampling speed
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if from_shell:
             sys.argv = [sys.argv[0], *argv]
-    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare", "demo")
+    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare", "demo", "benchmark")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import CLI
 
         from kaleido.adherence import adherence
+        from kaleido.benchmark import main as benchmark
         from kaleido.datasets.mnist import prepare_mnist
         from kaleido.datasets.twemoji import prepare_twemoji
         from kaleido.demo import demo
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         from kaleido.sample import sample
 
         try:
+            if command == "benchmark":  # its --config is a training config, a name jsonargparse's CLI keeps for itself
+                benchmark(rest)
+                return
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
                 "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist}, "demo": demo,

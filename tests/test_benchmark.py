@@ -1,0 +1,103 @@
+"""``python -m kaleido benchmark`` on a tiny config: it runs and reports, counts the FLOPs of the step it
+times, leaves MFU null on a CPU, and a bad flag fails in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from kaleido.__main__ import main
+from kaleido.benchmark import build, format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny Kaleido config, smaller still, with one batch shape (the FLOPs do not depend on
+    which batch was counted) and gradient clipping (fit's path)."""
+    config = yaml.safe_load((ROOT / "tests/configs/tiny_kaleido.yaml").read_text())
+    config["trainer"]["gradient_clip_val"] = 1.0
+    config["data"]["init_args"].update(batch_size=4, num_train=16, pad_to_limits=True)
+    path = tmp_path_factory.mktemp("benchmark") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def result(config: Path, single_thread: None) -> dict[str, Any]:  # noqa: ARG001
+    output = config.parent / "out" / "benchmark.json"
+    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--output", str(output)])
+    return json.loads(output.read_text())
+
+
+def test_the_command_reports_every_measure(result: dict[str, Any]) -> None:
+    assert result["settings"]["batch_size"] == 4 and result["settings"]["device"] == "cpu"
+    assert result["model"] == "Kaleido" and result["torch"] == torch.__version__
+    training = result["training"]
+    assert training["images_per_s"] > 0 and training["step_s"] > 0 and training["first_step_s"] > 0
+    assert training["compile_s"] is None  # eager
+    assert set(training["shares"]) == {"loader", "conditioning", "denoiser", "optimizer"}
+    assert sum(training["shares"].values()) == pytest.approx(1.0)
+    assert all(share >= 0 for share in training["shares"].values())
+    assert result["denoiser_only"]["step_s"] > 0 and result["denoiser_only"]["step_over_denoiser_only"] > 0
+    sampling = result["sampling"]
+    assert sampling["raw_forward_s"] > 0 and {"ddpm", "ddim"} <= set(sampling["samplers"])
+    for measures in sampling["samplers"].values():
+        assert measures["images_per_s"] > 0 and measures["step_over_raw_forward"] >= 0
+    assert "training step" in format_table(result) and "ddpm CFG" in format_table(result)
+
+
+def test_mfu_is_null_on_a_cpu_and_says_why(result: dict[str, Any]) -> None:
+    assert result["training"]["mfu"] is None and result["settings"]["peak_tflops"] is None
+    assert "CPU" in result["settings"]["peak_source"]
+    assert result["training"]["achieved_tflops"] > 0
+
+
+def test_flops_match_an_independent_count_of_the_training_step(config: Path, result: dict[str, Any]) -> None:
+    model, data, _ = build(config, [])
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    # One backward of the whole loss, as the model's own training step. The CPU's fused attention counted
+    # by the formulas of CUDA's flash kernel, which the counter registers for CUDA only.
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[aten._scaled_dot_product_flash_attention].__wrapped__,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: flop_registry[aten._scaled_dot_product_flash_attention_backward].__wrapped__,
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        cond = model.condition(batch)
+        loss = model.diffusion_loss(batch["image"], cond) + sum(cond.losses.values())
+        loss.backward()
+    assert result["training"]["flops_per_image"] > 0
+    assert result["training"]["flops_per_image"] * len(batch["image"]) == counter.get_total_flops()
+    parts = result["training"]["flops_per_image_by_part"]
+    assert parts["denoiser"] > parts["conditioning"] > 0
+    assert any("attention" in str(op) for op in counter.get_flop_counts()["Global"])  # attention is counted
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--precision", "fp16"], "--precision: 'fp16' is not accepted"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--sample_steps", "1"], "--sample_steps must be >= 2"),
+        (["--device", "tpu"], "device 'tpu' is not"),
+    ],
+)
+def test_a_bad_flag_is_one_line(config: Path, flags: list[str], words: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--config", str(config), *flags])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and words in message and "\n" not in message
+
+
+def test_a_missing_config_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"^error: no config at .*missing\.yaml$"):
+        main(["benchmark", "--config", str(tmp_path / "missing.yaml")])
