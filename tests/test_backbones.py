@@ -19,6 +19,8 @@ from kaleido.nn.dit import DiT
 from kaleido.nn.unet import UNet
 from tests.conftest import TINY_UNET, tiny_model_kwargs
 from tests.test_models import LATENT, _fit, batch_of
+from tests.test_unet import inputs as unet_inputs
+from tests.test_unet import perturbed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,23 +39,8 @@ def tiny(name: str) -> Denoiser:
     return build_denoiser(BACKBONES[name], cond_dim=COND_DIM, image_size=SIZE).eval()
 
 
-def perturbed(net: Denoiser) -> Denoiser:
-    """Every parameter nudged, so zero-initialised branches (and the output) take part."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net
-
-
 def inputs(b: int = 3, length: int = 6) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(b, 3, SIZE, SIZE, generator=g)
-    t = torch.randint(0, 1000, (b,), generator=g)
-    cond = torch.randn(b, length, COND_DIM, generator=g)
-    mask = torch.ones(b, length, dtype=torch.bool)
-    mask[0, length // 2 :] = False  # row 0 is padded
-    return x, t, cond, mask
+    return unet_inputs(b, SIZE, length)
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

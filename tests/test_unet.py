@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kaleido.diffusion.guidance import classifier_free_guidance, conditioned
 from kaleido.nn.attention import MultiHeadAttention
 from kaleido.nn.unet import UNet
 
 COND_DIM = 24
+M = TypeVar("M", bound=nn.Module)
 ATOL = 1e-5
 
 
@@ -22,7 +25,7 @@ def small_unet(**overrides: object) -> UNet:
     return UNet(**kw).eval()
 
 
-def perturbed(model: UNet) -> UNet:
+def perturbed(model: M) -> M:
     """Nudge every parameter so zero-initialised branches (and the output) become active."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from kaleido.class_paths import import_class
 from kaleido.latents.base import LatentType
 
 ENTRY_POINT_GROUP = "kaleido.latents"
@@ -61,17 +61,6 @@ def latent_type_class(name: str) -> type[LatentType]:
     return _REGISTRY[name]
 
 
-def _import_class(class_path: str) -> type[LatentType]:
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot import latent type class_path {class_path!r}: {error}") from error
-    if not (isinstance(cls, type) and issubclass(cls, LatentType)):
-        raise TypeError(f"{class_path} is not a subclass of kaleido.latents.LatentType")
-    return cls
-
-
 def build_latent_type(spec: str | LatentType | dict[str, Any]) -> LatentType:
     """A latent type from a registered name, an instance, or ``{"class_path": ..., "init_args": {...}}``."""
     if isinstance(spec, LatentType):
@@ -79,7 +68,7 @@ def build_latent_type(spec: str | LatentType | dict[str, Any]) -> LatentType:
     if isinstance(spec, str):
         return latent_type_class(spec)()
     if isinstance(spec, dict) and "class_path" in spec:
-        cls, init_args = _import_class(spec["class_path"]), spec.get("init_args", {})
+        cls, init_args = import_class(spec["class_path"], LatentType, "latent type"), spec.get("init_args", {})
         try:
             return cls(**init_args)
         except TypeError as error:  # arguments the class does not take (a spec from another version)

@@ -16,13 +16,14 @@ typed ``__init__`` arguments, which jsonargparse checks and the checkpoint store
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from torch import Tensor, nn
+
+from kaleido.class_paths import import_class
 
 WIRED = ("cond_dim", "image_size")  # given by the model, never by the config
 
@@ -66,24 +67,13 @@ class DenoiserFactory(Protocol):
     def __call__(self, *, cond_dim: int, image_size: int) -> Denoiser: ...
 
 
-def _import_denoiser(class_path: str) -> type[Denoiser]:
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot import denoiser class_path {class_path!r}: {error}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Denoiser)):
-        raise TypeError(f"denoiser class_path {class_path} is not a subclass of kaleido.nn.denoiser.Denoiser")
-    return cls
-
-
 def build_denoiser(choice: DenoiserFactory | Mapping[str, Any], *, cond_dim: int, image_size: int) -> Denoiser:
     """A denoiser from a factory (what jsonargparse gives for a ``class_path`` block, or a class) or
     from a spec ``{"class_path": ..., "init_args": {...}}`` (what a checkpoint stores)."""
     if isinstance(choice, Mapping):
         if "class_path" not in choice:
             raise TypeError(f"a denoiser spec needs a class_path (and init_args); got keys {sorted(choice)}")
-        cls, init_args = _import_denoiser(choice["class_path"]), dict(choice.get("init_args") or {})
+        cls, init_args = import_class(choice["class_path"], Denoiser, "denoiser"), dict(choice.get("init_args") or {})
         wired = sorted(set(init_args) & set(WIRED))
         if wired:
             raise ValueError(f"denoiser init_args {wired} are given by the model (its conditioning width and data.image_size); remove them")

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import fields
 from typing import Any, Union
 
+from kaleido.class_paths import import_class
 from kaleido.diffusion.guiders.apg import APG
 from kaleido.diffusion.guiders.base import Guider
 from kaleido.diffusion.guiders.cads import CADS
@@ -23,14 +23,10 @@ def _guider_class(class_path: str) -> type[Guider]:
     if class_path in GUIDERS:
         return GUIDERS[class_path]
     accepted = f"one of {', '.join(sorted(GUIDERS))} or the class path of a kaleido.diffusion.guiders.Guider subclass"
-    module_name, _, attr = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), attr) if module_name else None
-    except (ImportError, AttributeError):
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, Guider)):
-        raise ValueError(f"unknown guider {class_path!r}; expected {accepted}")
-    return cls
+        return import_class(class_path, Guider, "guider")
+    except (ValueError, TypeError):  # a name or path that is no guider: say what is accepted instead
+        raise ValueError(f"unknown guider {class_path!r}; expected {accepted}") from None
 
 
 def build_guider(spec: GuiderSpec | Guider | None) -> Guider:

@@ -1,0 +1,23 @@
+"""Classes named by ``class_path`` in configs and checkpoints: the one import-and-check that latent types,
+denoisers and guiders share. Imports nothing of kaleido, so every room can use it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def import_class(class_path: str, base: type[T], what: str) -> type[T]:
+    """The class at ``class_path`` ("package.module.Name"), which must subclass ``base``; otherwise one
+    line naming ``what`` it should have been (ValueError if it cannot be imported, TypeError if it is
+    something else)."""
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import {what} class_path {class_path!r}: {error}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{what} class_path {class_path} is not a subclass of {base.__module__}.{base.__qualname__}")
+    return cls
