@@ -73,9 +73,9 @@ def adherence(
     if num_samples < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"--num_samples, --batch_size and --num_steps must be >= 1, got {num_samples}, {batch_size}, {num_steps}")
     device = resolve_device(device)
-    chosen = build_guider(guider)  # a bad guider fails before loading
+    given = None if guider is None else build_guider(guider)  # a bad guider fails before loading
     model = load(ckpt_path, map_location=device, expected=Kaleido, weights=weights)
-    chosen = build_guider(model.sampling.guider if guider is None else guider)
+    chosen = given if given is not None else build_guider(model.sampling.guider)
     latent_types = model.tokenizer.latent_types
     data = checkpoint_datamodule(Path(ckpt_path), data_config)
     if data is None:
