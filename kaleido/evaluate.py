@@ -10,6 +10,7 @@ that can be measured (:mod:`kaleido.metrics.adherence`). Writes ``metrics.json``
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -38,7 +39,7 @@ from kaleido.metrics import (
     vendi_score,
 )
 from kaleido.metrics.adherence import adherence_readers, latent_adherence
-from kaleido.metrics.report import run_name, write_report
+from kaleido.metrics.report import guider_of, run_name, write_report, write_tables
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
@@ -178,6 +179,31 @@ def _load_models(
     return models
 
 
+# Settings a resumed sweep must share with the one it goes on from (the device may differ).
+RESUME_MUST_MATCH = ("models", "guiders", "num_samples", "sampler", "steps", "seed", "batch_size", "precision", "weights")
+
+
+def resumed(output: Path, report: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The finished runs of an earlier, interrupted ``evaluate`` into ``output``, checked against this one."""
+    path = output / "metrics.json"
+    if not path.is_file():
+        print(f"--resume: no {path} yet, starting the sweep from its first run")
+        return [], {}
+    earlier = json.loads(path.read_text())
+    differ = {
+        name: (earlier["settings"].get(name), report["settings"][name])
+        for name in RESUME_MUST_MATCH
+        if earlier["settings"].get(name) != report["settings"][name]
+    }
+    if earlier.get("reference") != report["reference"]:
+        differ["reference"] = (earlier.get("reference"), report["reference"])
+    if differ:
+        raise ValueError(f"--resume: {path} was evaluated with other settings ({differ}); use another --output, or resume with the same ones")
+    rows = [r for r in earlier["results"] if r["cfg_scale"] in report["settings"]["cfg_scales"]]
+    print(f"--resume: keeping {len(rows)} finished runs of {path}")
+    return rows, earlier.get("sample_metrics", {})
+
+
 def evaluate(
     ckpt_path: Path,
     baseline_ckpt_path: Path | None = None,
@@ -202,6 +228,7 @@ def evaluate(
     compile: bool = False,
     name: str | None = None,
     weights: Weights = "averaged",
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Sample each model with each guider at each CFG scale and measure it; write the metrics, plots and
     grids to ``output``.
@@ -241,6 +268,8 @@ def evaluate(
             are joined by ``python -m kaleido report``, which needs their names to differ.
         weights: which weights of every checkpoint: "averaged", the EMA average when trained with it;
             "trained", the optimiser's own, which the average lags in short runs (``kaleido.load``).
+        resume: go on with a sweep that stopped half-way: the runs already in ``output/metrics.json``
+            (written after every run) are kept and not sampled again. Its settings must be these.
     """
     from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
@@ -279,9 +308,38 @@ def evaluate(
         if precision == "bf16"
         else nullcontext()
     )
-    rows, details = [], {}
-    progress = tqdm(total=len(models) * len(swept) * len(cfg_scales) * num_samples, unit="img", desc="evaluate")
-    runs = [(model_name, label, scale) for model_name in models for label in swept for scale in cfg_scales]
+    report: dict[str, Any] = {
+        "settings": {
+            "ckpt_path": str(ckpt_path),
+            "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
+            "models": {key: str(path) for key, (_, path) in loaded.items()},
+            "cfg_scales": [float(s) for s in cfg_scales],
+            "guiders": {label: guider.spec() for label, guider in swept.items()},
+            "num_samples": num_samples,
+            "sampler": sampler,
+            "steps": steps,
+            "seed": seed,
+            "batch_size": batch_size,
+            "precision": precision,
+            "weights": weights,
+            "loaded_weights": {key: model.loaded_weights for key, (model, _) in loaded.items()},
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
+        },
+        "reference": {
+            "data": key,
+            "extractor": str(extractor.identifier),
+            "num_images": reference.num_samples,
+            "precision_recall_images": len(real),
+        },
+        "complete": False,
+        "results": [],
+        "sample_metrics": {},
+    }
+    rows, details = resumed(output, report) if resume else ([], {})
+    report.update(results=rows, sample_metrics=details)
+    done = {(r["model"], guider_of(r), r["cfg_scale"]) for r in rows}
+    runs = [(m, label, float(scale)) for m in models for label in swept for scale in cfg_scales if (m, label, float(scale)) not in done]
+    progress = tqdm(total=len(runs) * num_samples, unit="img", desc="evaluate")
     readers: dict[str, Any] = {}  # per model: who reads its latents back (adherence)
     for model_name, label, scale in runs:
         model, guider = models[model_name], swept[label]
@@ -326,34 +384,10 @@ def evaluate(
             for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
                 row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
         rows.append({**row, "sampling_seconds": round(seconds, 2)})
+        write_tables(output, report)  # a sweep stopped half-way keeps every finished run
     progress.close()
 
-    report = {
-        "settings": {
-            "ckpt_path": str(ckpt_path),
-            "baseline_ckpt_path": None if baseline_ckpt_path is None else str(baseline_ckpt_path),
-            "models": {key: str(path) for key, (_, path) in loaded.items()},
-            "cfg_scales": [float(s) for s in cfg_scales],
-            "guiders": {label: guider.spec() for label, guider in swept.items()},
-            "num_samples": num_samples,
-            "sampler": sampler,
-            "steps": steps,
-            "seed": seed,
-            "batch_size": batch_size,
-            "precision": precision,
-            "weights": weights,
-            "loaded_weights": {key: model.loaded_weights for key, (model, _) in loaded.items()},
-            "device": torch.cuda.get_device_name() if device.startswith("cuda") else device,
-        },
-        "reference": {
-            "data": key,
-            "extractor": str(extractor.identifier),
-            "num_images": reference.num_samples,
-            "precision_recall_images": len(real),
-        },
-        "results": rows,
-        "sample_metrics": details,
-    }
+    report["complete"] = True
     write_report(output, report, list(models))
     print(f"wrote {output}/metrics.json, metrics.csv, fid_vs_cfg.png, recall_vs_cfg.png, fid_vs_recall.png and grids/ ({len(rows)} runs)")
     return report

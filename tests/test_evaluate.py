@@ -264,3 +264,27 @@ def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
         assert Image.open(tmp_path / "all" / name).size[0] > 100
     with pytest.raises(SystemExit, match=r"\(model, guider, CFG scale\) \[\('baseline', 'cfg', 1.0\)"):
         main(["report", "--inputs", f"[{old},{old}]", "--output", str(tmp_path / "x")])
+
+
+def test_evaluate_resumes_a_sweep_that_stopped_half_way(checkpoints: dict[str, Path], features: Path, tmp_path: Path) -> None:
+    """The tables are written after every run; --resume keeps the finished runs and samples only the rest,
+    with the numbers a whole sweep gives; a resume under other settings is refused in one line."""
+    out, cache = tmp_path / "sweep", tmp_path / "cache"
+    args = _args(checkpoints, features, out, cache)
+    args[args.index("--ckpt_path") + 1] = str(checkpoints["baseline"])
+    del args[args.index("--baseline_ckpt_path") : args.index("--baseline_ckpt_path") + 2]
+    main(args)
+    whole = json.loads((out / "metrics.json").read_text())
+    assert whole["complete"] and [r["cfg_scale"] for r in whole["results"]] == [1, 3]
+
+    # As if stopped after its first run: what the per-run write leaves behind.
+    stopped = {**whole, "complete": False, "results": whole["results"][:1]}
+    (out / "metrics.json").write_text(json.dumps(stopped))
+    main([*args, "--resume", "true"])
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["complete"]
+    assert resumed["results"][0] == whole["results"][0]  # kept as it was, timing included: not sampled again
+    assert _without_timing(resumed["results"]) == _without_timing(whole["results"])
+
+    with pytest.raises(SystemExit, match="--resume: .*other settings .*'seed': \\(1, 2\\)"):
+        main([*args, "--resume", "true", "--seed", "2"])

@@ -49,16 +49,28 @@ def _csv_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
-    """``metrics.json``, ``metrics.csv`` (one row per run), one plot per metric of ``PLOTS`` against the
-    CFG scale and ``fid_vs_recall.png``, every model and guider on the same axes."""
+def write_tables(output: Path, report: dict[str, Any]) -> None:
+    """``metrics.json`` and ``metrics.csv`` (one row per run). ``evaluate`` writes them after every run,
+    so that a sweep stopped half-way keeps what it measured (and ``--resume`` goes on from there);
+    each file is written beside and moved into place, never left half-written."""
     rows = report["results"]
-    (output / "metrics.json").write_text(json.dumps(report, indent=2))
+    staged = output / "metrics.json.partial"
+    staged.write_text(json.dumps(report, indent=2))
+    staged.replace(output / "metrics.json")
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(output / "metrics.csv", "w", newline="") as file:
+    staged = output / "metrics.csv.partial"
+    with open(staged, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    staged.replace(output / "metrics.csv")
+
+
+def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
+    """The tables (:func:`write_tables`), one plot per metric of ``PLOTS`` against the CFG scale and
+    ``fid_vs_recall.png``, every model and guider on the same axes."""
+    rows = report["results"]
+    write_tables(output, report)
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
     from matplotlib.figure import Figure
 
