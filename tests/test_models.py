@@ -10,6 +10,7 @@ import kaleido
 from kaleido.latents import LatentParseError
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import DiffusionSettings, SamplingSettings
+from kaleido.nn.denoiser import Denoiser
 from kaleido.nn.prior import build_condition_encoder
 from kaleido.tokenizer import SequenceTooLongError
 from tests.conftest import TINY_T5, tiny_model_kwargs
@@ -70,7 +71,7 @@ def test_condition_and_latent_are_dropped_together(text_data) -> None:  # type: 
     )
     seen = {}
 
-    class Spy(torch.nn.Module):
+    class Spy(Denoiser):  # a denoiser, so training asks its (default) training_outputs
         def forward(self, x, t, cond, cond_mask, uncond):  # type: ignore[no-untyped-def]
             seen.update(cond=cond, mask=cond_mask, uncond=uncond)
             return torch.zeros_like(x)

@@ -5,7 +5,7 @@ checkpoint that carries its config and tokenizer."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from kaleido.modules.settings import (
     from_dict,
     to_dict,
 )
-from kaleido.nn.denoiser import Denoiser, DenoiserFactory, build_denoiser, rename_keys
+from kaleido.nn.denoiser import Denoiser, DenoiserFactory, build_denoiser, downsample_to, rename_keys
 from kaleido.tokenizer import KaleidoTokenizer
 
 
@@ -123,24 +123,27 @@ class ConditionalDiffusion(LightningModule, ABC):
         self.denoiser: Denoiser = build_denoiser(self.denoiser_choice, cond_dim=cond_dim, image_size=self.image_size)
         self.save_hyperparameters({**self.hparams_dict(), **self._extra_hparams}, logger=True)
 
-    def network(self, name: str, compiled: bool) -> torch.nn.Module:
-        """The submodule ``name`` (e.g. ``"denoiser"``), or its ``torch.compile`` wrapper (static shapes).
+    def network(self, name: str, compiled: bool, method: str | None = None) -> Callable[..., Any]:
+        """The submodule ``name`` (e.g. ``"denoiser"``), or its ``torch.compile`` wrapper (static shapes);
+        with ``method``, that method of it (e.g. the denoiser's ``training_outputs``), compiled the same way.
         Wrappers are built on first use and kept out of the module tree: parameter names, checkpoints
         and the EMA's copy of the model stay as without compiling, and a wrapper always runs the
         current (e.g. averaged) weights."""
         module = self.get_submodule(name)
+        target = module if method is None else getattr(module, method)
         if not compiled:
-            return module
+            return target
         cache = self.__dict__.setdefault("_compiled", {})
-        if name not in cache:
-            cache[name] = torch.compile(module, dynamic=False)
-        return cache[name]
+        key = name if method is None else f"{name}.{method}"
+        if key not in cache:
+            cache[key] = torch.compile(target, dynamic=False)
+        return cache[key]
 
-    def training_network(self, name: str) -> torch.nn.Module:
+    def training_network(self, name: str, method: str | None = None) -> Callable[..., Any]:
         """Compiled (``compile: true``) in training steps only: a training step has one shape
         (``pad_to_limits``, ``drop_last``), while validation changes batch and length and would
         recompile, a minute each, for little gain. Sampling compiles on request (``sampling.compile``)."""
-        return self.network(name, self.training and self.compile_training)
+        return self.network(name, self.training and self.compile_training, method)
 
     @property
     def conditioning_limit(self) -> int:
@@ -154,17 +157,32 @@ class ConditionalDiffusion(LightningModule, ABC):
         """Token ids of a batch → the denoiser's conditioning sequence (+ auxiliary losses)."""
 
     # -- training ---------------------------------------------------------------------------------
-    def diffusion_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+    def diffusion_loss_terms(
+        self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
         """MSE on the chosen target at uniform t (optionally Min-SNR weighted); each row's whole
-        conditioning dropped w.p. p_uncond."""
+        conditioning dropped w.p. p_uncond. Every output of the denoiser's ``training_outputs`` is scored
+        against the target average-pooled to its side: returns the weighted sum and each side's MSE."""
         batch = images.shape[0]
         t = self.schedule.sample_timesteps(batch, images.device, generator)
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype, generator=generator)
         uncond = torch.rand(batch, device=images.device, generator=generator) < self.diffusion_settings.p_uncond
         x_t = self.schedule.add_noise(images, noise, t)
-        output = self.training_network("denoiser")(x_t, t, cond.states, cond.mask, uncond)
+        outputs = self.training_network("denoiser", "training_outputs")(x_t, t, cond.states, cond.mask, uncond)
+        target = self.schedule.target(images, noise, t, self.diffusion_settings.prediction)
+        sides = [out.prediction.shape[-1] for out in outputs]
+        if len(set(sides)) != len(sides):
+            raise ValueError(f"the denoiser's training_outputs must give one output per resolution, got sides {sides}")
+        terms = {side: self._mse(out.prediction, downsample_to(target, side), t) for side, out in zip(sides, outputs, strict=True)}
+        loss = sum((out.weight * terms[side] for side, out in zip(sides, outputs, strict=True)), torch.zeros((), device=images.device))
+        return loss, terms
+
+    def diffusion_loss(self, images: Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> Tensor:
+        """The diffusion loss alone (``diffusion_loss_terms``' weighted sum)."""
+        return self.diffusion_loss_terms(images, cond, generator)[0]
+
+    def _mse(self, output: Tensor, target: Tensor, t: Tensor) -> Tensor:
         settings = self.diffusion_settings
-        target = self.schedule.target(images, noise, t, settings.prediction)
         if settings.loss_weighting == "uniform":
             return F.mse_loss(output.float(), target.float())
         per_sample = (output.float() - target.float()).square().flatten(1).mean(1)
@@ -172,11 +190,14 @@ class ConditionalDiffusion(LightningModule, ABC):
 
     def _step(self, batch: dict[str, Any], stage: str, generator: torch.Generator | None = None) -> Tensor:
         cond = self.condition(batch)
-        loss_diff = self.diffusion_loss(batch["image"], cond, generator)
+        loss_diff, terms = self.diffusion_loss_terms(batch["image"], cond, generator)
         loss = loss_diff + sum(cond.losses.values(), torch.zeros((), device=loss_diff.device))
         options = log_options(stage, batch["image"].shape[0])
         self.log(f"{stage}/loss", loss, prog_bar=True, **options)
         self.log(f"{stage}/loss_diff", loss_diff, **options)
+        if len(terms) > 1:  # a multi-resolution denoiser: each side's (unweighted) MSE
+            for side, value in terms.items():
+                self.log(f"{stage}/loss_diff_{side}px", value, **options)
         for name, value in {**cond.losses, **cond.metrics}.items():
             self.log(f"{stage}/{name}", value, **options)
         return loss

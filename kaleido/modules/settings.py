@@ -10,22 +10,9 @@ from kaleido.checkpoint_io import from_dict, to_dict
 from kaleido.diffusion.guiders import GuiderSpec, build_guider
 from kaleido.diffusion.samplers import SamplerName
 from kaleido.nn.prior import T5Settings
+from kaleido.nn.unet import UNetSettings
 
 S = TypeVar("S")
-
-
-@dataclass
-class UNetSettings:
-    """The denoiser's size (see :class:`kaleido.nn.unet.UNet`); its conditioning width follows the T5."""
-
-    base_channels: int = 64
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_levels: tuple[int, ...] = (1, 2)
-    num_heads: int = 4
-    cond_layers: int = 2
-    dropout: float = 0.0
-    qk_norm: bool = False  # beyond the paper: RMS-normalised queries and keys in every attention layer
 
 
 @dataclass

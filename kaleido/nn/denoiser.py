@@ -12,6 +12,10 @@ token there (:class:`kaleido.nn.conditioning.ConditionedDenoiser`).
 The model builds its denoiser as ``cls(cond_dim=..., image_size=..., **init_args)``: ``cond_dim`` (the
 width of ``cond``) and ``image_size`` come from the model; everything else is the backbone's own
 typed ``__init__`` arguments, which jsonargparse checks and the checkpoint stores (``spec()``).
+
+Training asks ``training_outputs`` rather than ``forward``: one full-resolution prediction with weight 1
+for most backbones, several resolutions for the nested UNet (MDM's multi-resolution loss). The model
+compares each with the target brought to its side by :func:`downsample_to`.
 """
 
 from __future__ import annotations
@@ -19,13 +23,34 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kaleido.class_paths import import_class
 
 WIRED = ("cond_dim", "image_size")  # given by the model, never by the config
+
+
+@dataclass
+class TrainingOutput:
+    """One prediction a training step is scored on: ``prediction`` [B, C, h, w] (any side that divides the
+    image's) against the target average-pooled to ``h``, its squared error weighted by ``weight``."""
+
+    prediction: Tensor
+    weight: float = 1.0
+
+
+def downsample_to(x: Tensor, side: int) -> Tensor:
+    """``x`` [B, C, H, W] average-pooled to ``side``² (unchanged at its own side); ``side`` must divide H and W."""
+    height, width = x.shape[-2:]
+    if (height, width) == (side, side):
+        return x
+    if side < 1 or height % side or width % side or height // side != width // side:
+        raise ValueError(f"cannot average-pool {height}×{width} to {side}×{side}: the side must divide both by one factor")
+    return F.avg_pool2d(x, height // side)
 
 
 class Denoiser(nn.Module, ABC):
@@ -39,6 +64,13 @@ class Denoiser(nn.Module, ABC):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
         """x [B, C, H, W]; t [B] timesteps (long or float); cond [B, L, cond_dim]; cond_mask [B, L] bool
         (True = real token); uncond [B] bool (True = drop that row's conditioning) → [B, C, H, W]."""
+
+    def training_outputs(
+        self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
+    ) -> list[TrainingOutput]:
+        """What the diffusion loss scores, as ``forward``'s inputs: by default the one full-resolution
+        prediction with weight 1; a multi-resolution backbone returns one output per resolution."""
+        return [TrainingOutput(self(x, t, cond, cond_mask, uncond))]
 
     @property
     def num_params(self) -> int:
@@ -99,4 +131,4 @@ def rename_keys(state_dict: dict[str, Any], prefix: str, renames: Mapping[str, s
                 break
 
 
-__all__ = ["WIRED", "Denoiser", "DenoiserFactory", "build_denoiser", "rename_keys"]
+__all__ = ["WIRED", "Denoiser", "DenoiserFactory", "TrainingOutput", "build_denoiser", "downsample_to", "rename_keys"]
