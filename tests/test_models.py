@@ -226,6 +226,7 @@ def test_checkpoint_round_trip_and_wrong_types(text_data, tmp_path) -> None:  # 
     loaded_prior = kaleido.load(prior_path)
     for (name, p), q in zip(staged.prior.named_parameters(), loaded_prior.prior.parameters()):
         assert torch.equal(p, q), name
+    assert staged.hparams["init_prior_from"] is None  # the weights travel in its checkpoint, not the path
 
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)

@@ -37,7 +37,8 @@ class Kaleido(ConditionalDiffusion):
         ar_loss_weight: η in ``L = L_diff + η L_AR`` (the paper leaves it open; see docs/choices.md).
         detach_latent_states: stop the diffusion loss at the decoder's hidden states (the paper lets it
             flow: end-to-end training).
-        init_prior_from: a ``LatentPrior`` checkpoint whose weights start the prior (two-stage training).
+        init_prior_from: a ``LatentPrior`` (or ``Kaleido``) checkpoint whose weights start the prior (two-stage
+            training, or a nested UNet started from a trained model); the checkpoint stores null, its weights being in it.
         compile: ``torch.compile`` the denoiser and the prior for training steps (static shapes:
             pair it with ``data.pad_to_limits``).
     """
@@ -66,7 +67,7 @@ class Kaleido(ConditionalDiffusion):
             extra_hparams={
                 "ar_loss_weight": ar_loss_weight,
                 "detach_latent_states": detach_latent_states,
-                "init_prior_from": init_prior_from,
+                "init_prior_from": None,  # its weights are in this model's checkpoint: kaleido.load must not need the file
             },
         )
         self.ar_loss_weight = ar_loss_weight
