@@ -1,5 +1,5 @@
-"""Denoiser backbones chosen by config (kaleido/nn/denoiser.py): every backbone's output shape, the
-null-token path, the DiT's adaLN-Zero start, a tiny DiT model through training, kaleido.load and
+"""Denoiser backbones chosen by config (kaleido/nn/denoiser.py): every backbone's output shape (UNet, DiT,
+nested UNet), the null-token path, the DiT's adaLN-Zero start, a tiny DiT model through training, kaleido.load and
 sampling, and checkpoints written before the denoiser became pluggable."""
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ BACKBONES: dict[str, dict[str, Any]] = {
     "unet": {"class_path": "kaleido.nn.unet.UNet", "init_args": asdict(TINY_UNET)},
     "dit_p4": {"class_path": "kaleido.nn.dit.DiT", "init_args": TINY_DIT},
     "dit_p2_qk_learned": {"class_path": "kaleido.nn.dit.DiT", "init_args": {**TINY_DIT, "patch_size": 2, "qk_norm": True, "pos_embed": "learned"}},
+    "nested_unet": {  # one outer level at 16² around the tiny UNet at 8² (tests/test_nested_unet.py has the rest)
+        "class_path": "kaleido.nn.nested_unet.NestedUNet",
+        "init_args": {"inner": asdict(TINY_UNET), "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1},
+    },
 }
 
 

@@ -43,7 +43,7 @@ def _without_z(config_name: str) -> dict:
     ("baseline", "kaleido"),
     [
         ("shapes/baseline", "shapes/kaleido_text"), ("shapes/baseline_gpu", "shapes/kaleido_text_gpu"),
-        ("shapes/baseline_dit_gpu", "shapes/kaleido_text_dit_gpu"),
+        ("shapes/baseline_dit_gpu", "shapes/kaleido_text_dit_gpu"), ("shapes/baseline_nested_gpu", "shapes/kaleido_text_nested_gpu"),
         ("mnist/baseline", "mnist/kaleido_blob"), ("mnist/baseline_gpu", "mnist/kaleido_blob_gpu"),
         ("twemoji/baseline", "twemoji/kaleido"), ("twemoji/baseline_gpu", "twemoji/kaleido_gpu"),
         ("shapes/baseline", "shapes/kaleido_colour"), ("shapes/baseline_gpu", "shapes/kaleido_colour_gpu"),

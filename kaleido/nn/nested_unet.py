@@ -1,0 +1,189 @@
+"""MDM's nested UNet (Gu et al., "Matryoshka Diffusion Models"; apple/ml-mdm): a UNet at a low resolution
+nested, as the middle block, inside outer U-Net levels at the full resolution.
+
+    x_t [B, 3, S, S] ──input conv──► outer way down (ResBlocks, S → S / 2^(k-1), skips kept)
+                        │                               │
+                        │ average-pooled to S / 2^(k-1) │ in_adapter (zero-init conv), added after
+                        ▼                               ▼ the inner UNet's input conv
+                 inner UNet (the UNet, all its levels, its conditioning path) ──► inner head ──► low-res prediction
+                        │ its last features
+                        ▼ out_adapter (zero-init conv), added to the outer features
+                 outer way up (ResBlocks + the skips) ──► output head ──► full-res prediction
+
+The conditioning path is the inner UNet's (null token, transformer layers, pooled embedding): the outer
+levels' ResBlocks take its timestep + pooled embedding, so a dropped row (``uncond``) ignores ``cond``
+at every level. With both adapters at zero, a fresh nested UNet's inner output is exactly its inner
+UNet's on the pooled ``x_t``: an inner model trained alone (``inner_checkpoint``, ml-mdm's progressive
+recipe) starts unchanged. Training scores both outputs (``training_outputs``: MDM's multi-resolution
+loss); sampling uses the full-resolution one. docs/choices.md, "The nested UNet", says where this
+departs from ml-mdm and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from kaleido.checkpoint_io import CHECKPOINT_KEY, from_dict, read_checkpoint, to_dict
+from kaleido.nn.blocks import AttentionBlock, ResBlock, zero_init
+from kaleido.nn.denoiser import Denoiser, TrainingOutput, downsample_to
+from kaleido.nn.unet import (
+    UNet,
+    UNetContext,
+    UNetSettings,
+    build_levels,
+    check_divisible,
+    check_levels,
+    run_down,
+    run_up,
+)
+
+UNET_CLASS_PATH = f"{UNet.__module__}.{UNet.__qualname__}"
+
+
+class NestedUNet(Denoiser):
+    """A UNet (``inner``) at ``image_size / 2 ** (len(channel_mult) - 1)`` inside outer convolutional levels.
+
+    Args:
+        inner: the inner UNet's settings (``UNetSettings``: the ``unet:`` block of a UNet config, so an
+            inner model can start from that config's checkpoint).
+        base_channels, channel_mult, num_res_blocks: the outer levels, as the UNet's: level ``i`` runs at
+            ``image_size / 2 ** i`` with ``channel_mult[i] * base_channels`` channels; the last level's
+            resolution is the inner UNet's.
+        attention_levels: outer levels with self- and cross-attention (default none: MDM's outer levels
+            have none, attention at the full resolution is the costly part).
+        loss_weights: (full resolution, inner resolution) weights of the multi-resolution loss; ml-mdm's
+            default (``multi_res_weights`` unset) weighs every resolution 1.
+        inner_checkpoint: a kaleido checkpoint whose denoiser is a UNet of the ``inner`` settings, trained
+            at the inner resolution: its (averaged) weights start the inner UNet. Not stored in this
+            model's checkpoint (the weights are), so its spec never names a file that may be gone.
+        freeze_inner: keep the inner UNet's weights fixed (ml-mdm's ``freeze_inner_unet``); the outer
+            levels and the adapters train.
+        in_channels: image channels (the output has as many).
+        cond_dim, image_size: given by the model (its conditioning width and ``data.image_size``).
+    """
+
+    def __init__(
+        self,
+        inner: UNetSettings | None = None,
+        base_channels: int = 32,
+        channel_mult: tuple[int, ...] = (1, 2, 4),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[int, ...] = (),
+        loss_weights: tuple[float, float] = (1.0, 1.0),
+        inner_checkpoint: str | None = None,
+        freeze_inner: bool = False,
+        in_channels: int = 3,
+        *,
+        cond_dim: int,
+        image_size: int,
+    ) -> None:
+        super().__init__()
+        settings = from_dict(UNetSettings, inner)
+        channel_mult, attention_levels = tuple(channel_mult), tuple(attention_levels)
+        check_levels(channel_mult, attention_levels)
+        self.nest_ratio = 2 ** (len(channel_mult) - 1)
+        self.inner_size = image_size // self.nest_ratio
+        self.inner_unet = UNet(in_channels, cond_dim=cond_dim, image_size=None, **to_dict(settings))
+        factor = self.nest_ratio * self.inner_unet.downsample_factor
+        if image_size % factor:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by {factor}: the outer levels halve it {len(channel_mult) - 1} "
+                f"times (channel_mult {channel_mult}) and the inner UNet {self.inner_unet.downsample_factor} more; use a multiple of {factor}"
+            )
+        if len(loss_weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in loss_weights) or loss_weights[0] <= 0:
+            raise ValueError(f"loss_weights must be (full resolution > 0, inner resolution >= 0), got {tuple(loss_weights)}")
+        # Plain data (what spec() stores); inner_checkpoint is cleared once its weights are in the model.
+        self.inner: dict[str, Any] = to_dict(settings)
+        self.base_channels, self.channel_mult, self.num_res_blocks = base_channels, channel_mult, num_res_blocks
+        self.attention_levels, self.loss_weights = attention_levels, (float(loss_weights[0]), float(loss_weights[1]))
+        self.inner_checkpoint: str | None = None
+        self.freeze_inner, self.in_channels = freeze_inner, in_channels
+
+        levels = build_levels(in_channels, base_channels, channel_mult, num_res_blocks, attention_levels, self.res_block, self.attention_block)
+        self.input_conv, self.down, self.up, self.out = levels.input_conv, levels.down, levels.up, levels.out
+        # Zero adapters: at the start the inner UNet sees only its own input and the outer path only itself.
+        self.in_adapter = zero_init(nn.Conv2d(levels.inner_channels, settings.base_channels, 3, padding=1))
+        self.out_adapter = zero_init(nn.Conv2d(self.inner_unet.feature_channels, levels.inner_channels, 3, padding=1))
+
+        if inner_checkpoint is not None:
+            load_inner_weights(self.inner_unet, inner_checkpoint, self.inner_size)
+        if freeze_inner:
+            self.inner_unet.requires_grad_(False)
+
+    # The outer blocks take the inner UNet's embedding and conditioning sequence (MDM's outer levels have
+    # no conditioning path of their own).
+    def res_block(self, cin: int, cout: int) -> ResBlock:
+        return ResBlock(cin, cout, self.inner_unet.emb_dim, self.inner_unet.dropout)
+
+    def attention_block(self, ch: int) -> AttentionBlock:
+        inner = self.inner_unet
+        return AttentionBlock(ch, inner.num_heads, context_dim=inner.emb_dim, qk_norm=inner.qk_norm)
+
+    def features(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(the outer levels' last features, the inner UNet's last features)."""
+        check_divisible(x, self.nest_ratio * self.inner_unet.downsample_factor)
+        c: UNetContext = self.inner_unet.embed(t, cond, cond_mask, uncond)
+        h, skips = run_down(self.down, self.input_conv(x), c)
+        inner = self.inner_unet.features(downsample_to(x, h.shape[-1]), c, extra=self.in_adapter(h))
+        return run_up(self.up, h + self.out_adapter(inner), skips, c), inner
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
+        return self.out(self.features(x, t, cond, cond_mask, uncond)[0])
+
+    def training_outputs(
+        self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
+    ) -> list[TrainingOutput]:
+        """The full-resolution prediction and the inner UNet's, at the inner resolution (MDM's two-resolution loss)."""
+        outer, inner = self.features(x, t, cond, cond_mask, uncond)
+        full, low = self.loss_weights
+        return [TrainingOutput(self.out(outer), full), TrainingOutput(self.inner_unet.out(inner), low)]
+
+
+def stored_unet_spec(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The denoiser spec a checkpoint's hyperparameters hold (``unet:`` settings before issue 17)."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if hparams.get("denoiser") is not None:
+        return hparams["denoiser"]
+    if "unet" in hparams:
+        return {"class_path": UNET_CLASS_PATH, "init_args": {"in_channels": 3, **(hparams["unet"] or {})}}
+    kind = checkpoint[CHECKPOINT_KEY].get("class_path", "?").rpartition(".")[2]
+    raise ValueError(f"inner_checkpoint {path} holds a {kind} checkpoint, which has no denoiser; give a Kaleido or DiffusionModel checkpoint with a UNet")
+
+
+def load_inner_weights(unet: UNet, path: str | Path, inner_size: int) -> None:
+    """Start ``unet`` from the denoiser of the kaleido checkpoint at ``path`` (its ``state_dict``: the EMA
+    average where one was kept), after checking it is a UNet of the same settings, trained at ``inner_size``."""
+    checkpoint = read_checkpoint(path)  # one-line errors: no file, not a checkpoint, not kaleido's
+    spec = stored_unet_spec(checkpoint, path)
+    if spec["class_path"] != UNET_CLASS_PATH:
+        raise ValueError(f"inner_checkpoint {path} holds a {spec['class_path']} denoiser; the nested UNet's inner model is a {UNET_CLASS_PATH}")
+    stored = {"in_channels": 3, **asdict(UNetSettings()), **(spec.get("init_args") or {})}
+    found = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}  # lists: a YAML's or an old file's
+    expected = unet.init_args()
+    differ = [f"{k} {expected[k]!r} expected, {found.get(k)!r} found" for k in expected if expected[k] != found.get(k)]
+    if differ:
+        raise ValueError(f"inner_checkpoint {path} holds a UNet of other settings than `inner`: {'; '.join(differ)}")
+    trained_at = (checkpoint.get("hyper_parameters") or {}).get("image_size")
+    if trained_at is not None and trained_at != inner_size:
+        raise ValueError(f"inner_checkpoint {path} was trained at {trained_at}²; this nested UNet's inner model runs at {inner_size}²")
+    state = checkpoint["state_dict"]
+    prefix = "denoiser." if any(k.startswith("denoiser.") for k in state) else "unet."  # "unet.": before issue 17
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    own = unet.state_dict()
+    for name, value in own.items():
+        if name not in weights:
+            raise ValueError(f"inner_checkpoint {path} has no weight {prefix}{name}")
+        if weights[name].shape != value.shape:
+            hint = " (the conditioning width: its T5's d_model differs)" if name.startswith("cond_proj.") else ""
+            raise ValueError(
+                f"inner_checkpoint {path}: {prefix}{name} has shape {list(weights[name].shape)}, expected {list(value.shape)}{hint}"
+            )
+    unet.load_state_dict({name: weights[name] for name in own})
+
+
+__all__ = ["NestedUNet", "load_inner_weights"]

@@ -1,0 +1,165 @@
+"""The nested UNet (kaleido/nn/nested_unet.py): its two outputs, the multi-resolution loss, the zero start
+around an inner UNet, dropped rows, starting the inner UNet from a checkpoint (and the errors for a wrong
+one), and a nested model through training, ``kaleido.load`` and sampling. The backbone checks every
+denoiser passes (shape, zero start, spec) are in tests/test_backbones.py."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+
+import kaleido
+from kaleido.nn.denoiser import downsample_to
+from kaleido.nn.nested_unet import NestedUNet
+from kaleido.nn.unet import UNet
+from tests.conftest import TINY_T5, TINY_UNET, tiny_model_kwargs
+from tests.test_models import LATENT, batch_of
+from tests.test_unet import inputs as unet_inputs
+from tests.test_unet import perturbed
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+COND_DIM, SIZE, INNER = 24, 16, 8
+OUTER = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1}  # one outer level around the inner UNet at 8²
+NESTED = {"class_path": "kaleido.nn.nested_unet.NestedUNet", "init_args": {"inner": asdict(TINY_UNET), **OUTER}}
+
+
+def nested(cond_dim: int = COND_DIM, **overrides: Any) -> NestedUNet:
+    torch.manual_seed(0)
+    return NestedUNet(inner=TINY_UNET, **{**OUTER, **overrides}, cond_dim=cond_dim, image_size=SIZE).eval()
+
+
+def test_two_outputs_one_per_resolution() -> None:
+    net = perturbed(nested(loss_weights=(1.0, 0.25)))
+    x, t, cond, mask = unet_inputs(3, SIZE)
+    full, low = net.training_outputs(x, t, cond, mask)
+    assert (full.prediction.shape, full.weight) == (x.shape, 1.0)
+    assert (low.prediction.shape, low.weight) == ((3, 3, INNER, INNER), 0.25)
+    assert torch.equal(net(x, t, cond, mask), full.prediction)  # sampling runs the full-resolution output
+    with pytest.raises(ValueError, match="image_size 18 is not divisible by 4: the outer levels halve it 1 times"):
+        NestedUNet(inner=TINY_UNET, **OUTER, cond_dim=COND_DIM, image_size=18)
+    with pytest.raises(ValueError, match="loss_weights must be"):
+        nested(loss_weights=(0.0, 1.0))
+
+
+def test_a_fresh_nested_unet_keeps_its_inner_unets_output() -> None:
+    """Zero adapters: an inner UNet loaded from a trained UNet gives that UNet's output on the pooled x_t."""
+    torch.manual_seed(1)
+    unet = perturbed(UNet(**asdict(TINY_UNET), cond_dim=COND_DIM)).eval()
+    net = nested()
+    net.inner_unet.load_state_dict(unet.state_dict())
+    x, t, cond, mask = unet_inputs(3, SIZE)
+    uncond = torch.tensor([False, True, False])
+    with torch.no_grad():
+        full, low = net.training_outputs(x, t, cond, mask, uncond)
+        alone = unet(F.avg_pool2d(x, 2), t, cond, mask, uncond)
+    assert torch.allclose(low.prediction, alone, atol=1e-6) and alone.abs().mean() > 1e-3
+    assert torch.count_nonzero(full.prediction) == 0  # the outer output head starts at zero
+
+
+def test_dropped_rows_ignore_their_conditioning_at_both_resolutions() -> None:
+    net = perturbed(nested())
+    x, t, cond, mask = unet_inputs(3, SIZE)
+    uncond = torch.tensor([True, False, True])
+    with torch.no_grad():
+        a = net.training_outputs(x, t, cond, mask, uncond)
+        b = net.training_outputs(x, t, torch.randn_like(cond) * 3, ~mask, uncond)
+    for one, other in zip(a, b, strict=True):
+        assert torch.allclose(one.prediction[uncond], other.prediction[uncond], atol=1e-5)
+        assert not torch.allclose(one.prediction[~uncond], other.prediction[~uncond], atol=1e-3)
+
+
+def test_the_loss_is_the_weighted_sum_of_each_resolutions_mse(text_data) -> None:  # type: ignore[no-untyped-def]
+    weights = (1.0, 0.25)
+    denoiser = {**NESTED, "init_args": {**NESTED["init_args"], "loss_weights": weights}}
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "unet": None, "denoiser": denoiser})
+    perturbed(model.denoiser)
+    batch = batch_of(text_data)
+    images = batch["image"]
+    with torch.no_grad():
+        cond = model.condition(batch)
+        loss, terms = model.diffusion_loss_terms(images, cond, torch.Generator().manual_seed(3))
+        # By hand, with the same draws in the same order: t, noise, the dropped rows.
+        g = torch.Generator().manual_seed(3)
+        t = model.schedule.sample_timesteps(images.shape[0], images.device, g)
+        noise = torch.randn(images.shape, generator=g)
+        uncond = torch.rand(images.shape[0], generator=g) < model.diffusion_settings.p_uncond
+        full, low = model.denoiser.training_outputs(model.schedule.add_noise(images, noise, t), t, cond.states, cond.mask, uncond)
+        v = model.schedule.target(images, noise, t, "v")
+        expected = {SIZE: F.mse_loss(full.prediction, v), INNER: F.mse_loss(low.prediction, F.avg_pool2d(v, 2))}
+    assert terms.keys() == expected.keys() and all(torch.allclose(terms[k], expected[k]) for k in expected)
+    assert torch.allclose(loss, weights[0] * expected[SIZE] + weights[1] * expected[INNER])
+    assert torch.equal(downsample_to(v, SIZE), v)
+    with pytest.raises(ValueError, match="cannot average-pool 16×16 to 6×6"):
+        downsample_to(v, 6)
+
+
+def _save_as_fit_does(model: kaleido.Kaleido, path: Path) -> Path:
+    """The weights, hyperparameters and kaleido record a checkpoint of ``fit`` holds, without training."""
+    checkpoint: dict[str, Any] = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_the_inner_unet_starts_from_a_checkpoint_and_wrong_ones_fail_in_one_line(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(2)
+    inner_model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "image_size": INNER})
+    perturbed(inner_model.denoiser)
+    path = _save_as_fit_does(inner_model, tmp_path / "inner.ckpt")
+    # The user's path: the model's `denoiser:` block names the file; its checkpoint then stores null.
+    denoiser = {**NESTED, "init_args": {**NESTED["init_args"], "inner_checkpoint": str(path)}}
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "unet": None, "denoiser": denoiser})
+    for name, value in inner_model.denoiser.state_dict().items():
+        assert torch.equal(model.denoiser.inner_unet.state_dict()[name], value), name
+    assert model.hparams["denoiser"]["init_args"]["inner_checkpoint"] is None
+
+    cond_dim = TINY_T5.d_model
+    dit = {"class_path": "kaleido.nn.dit.DiT", "init_args": {"patch_size": 4, "depth": 1, "hidden": 32, "heads": 2, "cond_layers": 1}}
+    dit_path = _save_as_fit_does(
+        kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "image_size": INNER, "unet": None, "denoiser": dit}),
+        tmp_path / "dit.ckpt",
+    )
+    cases = [
+        ({"inner_checkpoint": str(tmp_path / "gone.ckpt")}, cond_dim, "no checkpoint at .*gone.ckpt"),
+        ({"inner_checkpoint": str(dit_path)}, cond_dim, "holds a kaleido.nn.dit.DiT denoiser; the nested UNet's inner model is a kaleido.nn.unet.UNet"),
+        ({"inner_checkpoint": str(path), "inner": {**asdict(TINY_UNET), "base_channels": 8}}, cond_dim,
+         "other settings than `inner`: base_channels 8 expected, 16 found"),
+        ({"inner_checkpoint": str(path), "channel_mult": (1,)}, cond_dim, "was trained at 8²; this nested UNet's inner model runs at 16²"),
+        ({"inner_checkpoint": str(path)}, COND_DIM, r"cond_proj.weight has shape \[64, 32\], expected \[64, 24\] \(the conditioning width"),
+    ]
+    for overrides, width, message in cases:
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
+            NestedUNet(**{"inner": TINY_UNET, **OUTER, **overrides}, cond_dim=width, image_size=SIZE)
+        assert "\n" not in str(error.value)
+
+
+def test_a_frozen_inner_unet_gets_no_gradient() -> None:
+    net = perturbed(nested(freeze_inner=True)).train()
+    x, t, cond, mask = unet_inputs(3, SIZE)
+    sum(out.prediction.square().mean() for out in net.training_outputs(x, t, cond, mask)).backward()
+    assert all(p.grad is None for p in net.inner_unet.parameters())
+    assert net.in_adapter.weight.grad.abs().sum() > 0 and net.input_conv.weight.grad.abs().sum() > 0  # the outer levels train
+
+
+def test_a_tiny_nested_model_trains_logs_each_resolution_loads_and_samples(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "unet": None, "denoiser": NESTED})
+    trainer = Trainer(max_steps=2, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(model, datamodule=text_data)
+    assert {"train/loss_diff", f"train/loss_diff_{SIZE}px", f"train/loss_diff_{INNER}px"} <= trainer.callback_metrics.keys()
+    path = tmp_path / "nested.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = kaleido.load(path)
+    assert isinstance(loaded.denoiser, NestedUNet) and loaded.denoiser.spec() == model.denoiser.spec()
+    a = model.generate(["a circle"], latents=[LATENT], seed=1).images
+    b = loaded.generate(["a circle"], latents=[LATENT], seed=1).images
+    assert a.shape == (1, 3, SIZE, SIZE) and torch.allclose(a, b, atol=1e-6)
