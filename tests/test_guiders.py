@@ -155,6 +155,17 @@ def test_cads_noise_reaches_the_network_only_through_the_conditioning(schedule: 
     assert not torch.allclose(seen[0][:2], states, atol=0.1)
 
 
+def test_defaults_are_the_published_settings() -> None:
+    """Each default is a setting its paper published (docs/sampling.md, "Sources checked")."""
+    # Kynkäänniemi et al. 2024, Table 1: EDM2-S on ImageNet-512, FID-optimal interval (w = 2.1).
+    assert IntervalCFG().settings() == {"sigma_lo": 0.28, "sigma_hi": 2.90}
+    # Sadat et al. 2025, Table 10, Stable Diffusion XL row (η = 0, r = 15, β = −0.5; diffusers PR #9626).
+    assert APG().settings() == {"eta": 0.0, "norm_threshold": 15.0, "momentum": -0.5}
+    # Sadat et al. 2024, Stable Diffusion text-to-image setting (τ1, τ2, s, ψ).
+    assert CADS().settings() == {"tau1": 0.6, "tau2": 0.9, "noise_scale": 0.25, "psi": 1.0}
+    assert CFG().settings() == {}
+
+
 # ----------------------------------------------------------------------------- registry and errors
 
 
@@ -164,7 +175,7 @@ def test_built_from_names_class_paths_and_dicts() -> None:
     apg = build_guider({"class_path": "apg", "init_args": {"eta": 0.5}})
     assert apg == APG(eta=0.5) and apg.label == "apg_eta0.5"
     path = "kaleido.diffusion.guiders.apg.APG"
-    assert apg.spec() == {"class_path": path, "init_args": {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}}
+    assert apg.spec() == {"class_path": path, "init_args": {"eta": 0.5, "norm_threshold": 15.0, "momentum": -0.5}}
     assert build_guider(apg.spec()) == apg
     assert build_guider({"class_path": "interval"}).label == "interval"
     assert SamplingSettings().guider == "cfg"

@@ -365,6 +365,17 @@ def test_vendi_closed_forms() -> None:
         assert vendi_score(groups, q=order) == pytest.approx(3.0)
 
 
+def test_diversity_decomposes_on_the_cpu_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA's eigensolver can fail to start on a crowded GPU; the spectrum is always taken on the CPU.
+    seen = []
+    eigvalsh = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda m: seen.append((m.device.type, m.dtype)) or eigvalsh(m))
+    x = torch.randn(12, 5, dtype=torch.bfloat16)
+    vendi_score(x)
+    vendi_score_from_kernel(pairwise_cosine_similarity(x).float())
+    assert seen == [("cpu", torch.float64)] * 2
+
+
 def test_vendi_covariance_trick_matches_kernel() -> None:
     gen = torch.Generator().manual_seed(0)
     for n, d in ((40, 5), (5, 40)):

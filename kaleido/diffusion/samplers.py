@@ -171,12 +171,16 @@ class DPMSolverPP2MSampler(Sampler):
         D_i     = (1 + 1/(2 r_i)) x0_i − 1/(2 r_i) x0_{i−1}     later steps
         x_{i+1} = (σ_{i+1} / σ_i) x_i − α_{i+1} (e^{−h_i} − 1) D_i
 
+    D_i = x0_i + (x0_i − x0_{i−1}) / (2 r_i) is the reference code's "midpoint" form
+    (`multistep_dpm_solver_second_order_update` in LuChengTHU/dpm-solver and in diffusers'
+    `DPMSolverMultistepScheduler`, algorithm "dpmsolver++").
+
     The network is called at K timesteps spread evenly from T-1 towards 0 as if there were K + 1, the
     last of them dropped (t ≈ T/K): the last step goes from there to clean data (σ = 0, λ = ∞) in one
     first-order update, which is x0 itself (diffusers' `final_sigmas_type="zero"`). Stepping into t = 0
     first, as DDPM and DDIM do, would make the second-order step before it extrapolate over a λ-step
-    five times its predecessor (error 0.15 against 0.006 at K = 20 on Gaussian data). x0 is clipped as in the other samplers (`clip_x0`), which the
-    data-prediction form tolerates. Deterministic given the noise; the generator is not used.
+    five times its predecessor (error 0.15 against 0.006 at K = 20 on Gaussian data). x0 is clipped as
+    in the other samplers (`clip_x0`), which the data-prediction form tolerates. Deterministic given the noise; the generator is not used.
     """
 
     def __init__(

@@ -10,6 +10,11 @@ H_1 the Shannon entropy -Σ λ log λ (the default) and H_q the Rényi entropy o
 The cosine kernel is K = X Xᵀ for the unit-norm rows X [n, d]. X Xᵀ and Xᵀ X share their non-zero
 eigenvalues, so when n > d the d × d matrix Xᵀ X / n is decomposed instead (O(n d² + d³) rather
 than O(n² d + n³)).
+
+Everything runs on the CPU in float64, whatever the features' device: a d × d eigendecomposition
+(d = 2,048 for Inception) takes about a second there, the result does not depend on the device, and
+CUDA's solver needs a handle that can fail to be created when other processes fill the GPU (it
+stopped two evaluation sweeps on a shared H200 on 2026-12-03).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import Tensor
 def _unit_rows(features: Tensor) -> Tensor:
     if features.ndim != 2 or features.shape[0] < 1:
         raise ValueError(f"expected features [n, d] with n >= 1, got {tuple(features.shape)}")
-    x = features.detach().double()
+    x = features.detach().to("cpu", torch.float64)
     norms = x.norm(dim=1)
     if bool((norms == 0).any()):
         raise ValueError("cosine similarity is undefined for all-zero feature vectors")
@@ -48,7 +53,7 @@ def vendi_score_from_kernel(kernel: Tensor, q: float = 1.0) -> float:
         raise ValueError(f"expected a square kernel matrix, got {tuple(kernel.shape)}")
     if q < 0:
         raise ValueError(f"order q must be >= 0, got {q}")
-    k = kernel.detach().double()
+    k = kernel.detach().to("cpu", torch.float64)
     k = (k + k.T) / 2
     return _entropy_exp(torch.linalg.eigvalsh(k / k.shape[0]), q)
 

@@ -13,20 +13,24 @@ from kaleido.diffusion.guiders.base import Guider, Level
 
 @dataclass
 class APG(Guider):
-    """Sadat et al. 2025 (arXiv:2410.02416), Eqs. 8–11 and Alg. 1, on the denoised (x0) predictions:
+    """Sadat et al. 2025 (arXiv:2410.02416), Algorithm 1 (the authors' code in the appendix), on the
+    denoised (x0) predictions:
 
-        ΔD    = D(x; c) − D(x; ∅) + β ΔD̄_prev     momentum, β < 0 (ΔD̄ the last step's ΔD after momentum)
+        ΔD    = D(x; c) − D(x; ∅) + β ΔD̄_prev     reverse momentum, β < 0 (ΔD̄ the last step's ΔD after momentum)
         ΔD   ← ΔD · min(1, r / ‖ΔD‖)              norm cap per sample (r = 0: no cap)
         ΔD∥   = (⟨ΔD, D_c⟩ / ‖D_c‖²) D_c,   ΔD⊥ = ΔD − ΔD∥
         D̃     = D(x; c) + (γ − 1) (ΔD⊥ + η ΔD∥)
 
-    γ = 1 + w in the paper's notation. η = 1, r = 0, β = 0 is plain CFG on x0. The guided x0 goes
-    back to the network's parameterisation at the same x_t, so every sampler takes it unchanged.
-    Norms and inner products run over all of a sample's elements, in float64."""
+    γ is the paper's guidance scale w: Algorithm 1 returns `pred_cond + (guidance_scale - 1) * update`,
+    and η = 1, r = 0, β = 0 is plain CFG on x0. Defaults η = 0, r = 15, β = −0.5: the paper's
+    Stable Diffusion XL row of its hyperparameter table (Table 10); r is in units of the data's norm, so
+    it does not carry over between data sizes. The guided x0 goes back to the network's parameterisation
+    at the same x_t, so every sampler takes it unchanged. Norms and inner products run over all of a
+    sample's elements, in float64."""
 
     name = "apg"
     eta: float = 0.0
-    norm_threshold: float = 2.5
+    norm_threshold: float = 15.0
     momentum: float = -0.5
     _average: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 

@@ -12,20 +12,22 @@ from kaleido.diffusion.guiders.base import Guider, Level
 
 @dataclass
 class CADS(Guider):
-    """Sadat et al. 2024 (arXiv:2310.17347), Sec. 3, Eqs. 4–6: anneal Gaussian noise into the
+    """Sadat et al. 2024 (arXiv:2310.17347), Sec. 3.1, Eqs. 1–4: anneal Gaussian noise into the
     conditioning states y at every step, guided by plain CFG afterwards:
 
-        γ(u)  = 1 for u ≤ τ1,  (τ2 − u) / (τ2 − τ1) for τ1 < u < τ2,  0 for u ≥ τ2
-        ŷ     = sqrt(γ(u)) y + s sqrt(1 − γ(u)) n,      n ~ N(0, I), fresh at every step
-        ŷ_res = (ŷ − mean(ŷ)) / std(ŷ) · std(y) + mean(y)
-        ŷ     ← ψ ŷ_res + (1 − ψ) ŷ
+        ŷ     = sqrt(γ(u)) y + s sqrt(1 − γ(u)) n,      n ~ N(0, I), fresh at every step        (Eq. 1)
+        γ(u)  = 1 for u ≤ τ1,  (τ2 − u) / (τ2 − τ1) for τ1 < u < τ2,  0 for u ≥ τ2             (Eq. 2)
+        ŷ_res = (ŷ − mean(ŷ)) / std(ŷ) · std(y) + mean(y)                                        (Eq. 3)
+        ŷ     ← ψ ŷ_res + (1 − ψ) ŷ                                                               (Eq. 4)
 
     u = (t + 1) / T is the diffusion time (1: pure noise), so sampling starts on noisy conditioning and
     ends on the clean one. mean and std are taken per sample and per segment over its real (unmasked)
     tokens and every channel (population std): for Kaleido the encoder states of c and the states of z
-    each keep their own statistics, and both are noised. The unconditional branch masks every token,
-    so the noise does not reach it. Defaults: the paper's class-conditional setting (τ1 0.6, τ2 0.9,
-    s 0.25, ψ 1). The noise has its own generator (seeded per batch): the image noise is unchanged."""
+    each keep their own statistics, and both are noised (the public implementations take one mean and
+    std over the whole tensor). The unconditional branch masks every token, so the noise does not
+    reach it. Defaults: the paper's Stable Diffusion (text-to-image) setting, τ1 0.6, τ2 0.9, s 0.25, ψ 1
+    (its appendix's table of settings). The noise has its own generator (seeded per batch): the image noise
+    is unchanged."""
 
     name = "cads"
     tau1: float = 0.6
