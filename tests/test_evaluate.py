@@ -15,6 +15,7 @@ from PIL import Image
 
 from kaleido.__main__ import main
 from kaleido.data.contract import build_datamodule
+from kaleido.metrics.report import matched_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests/configs/tiny_kaleido.yaml"
@@ -236,7 +237,7 @@ def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
     main([*args, "--guiders", f"[cfg, {apg}, cads]"])
     swept = json.loads((tmp_path / "swept" / "metrics.json").read_text())
     assert [(r["model"], r["guider"]) for r in swept["results"]] == [("kaleido", g) for g in ("cfg", "apg_eta0.5", "cads")]
-    assert swept["results"][1]["guider_settings"] == {"eta": 0.5, "norm_threshold": 2.5, "momentum": -0.5}
+    assert swept["results"][1]["guider_settings"] == {"eta": 0.5, "norm_threshold": 15.0, "momentum": -0.5}
     spec = {"class_path": "kaleido.diffusion.guiders.apg.APG", "init_args": swept["results"][1]["guider_settings"]}
     assert swept["settings"]["guiders"]["apg_eta0.5"] == spec
     for name in ("kaleido_cfg3", "kaleido_apg_eta0.5_cfg3", "kaleido_cads_cfg3"):
@@ -262,6 +263,8 @@ def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
     assert list(joined["settings"]["guiders"]) == ["cfg", "apg_eta0.5", "cads"]
     for name in ("fid_vs_cfg.png", "recall_vs_cfg.png", "fid_vs_recall.png"):
         assert Image.open(tmp_path / "all" / name).size[0] > 100
+    with open(tmp_path / "all" / "matched_precision.csv") as file:
+        assert [row["line"] for row in csv.DictReader(file)] == ["kaleido + cfg", "kaleido + apg_eta0.5", "kaleido + cads", "baseline + cfg"]
     with pytest.raises(SystemExit, match=r"\(model, guider, CFG scale\) \[\('baseline', 'cfg', 1.0\)"):
         main(["report", "--inputs", f"[{old},{old}]", "--output", str(tmp_path / "x")])
 
@@ -288,3 +291,18 @@ def test_evaluate_resumes_a_sweep_that_stopped_half_way(checkpoints: dict[str, P
 
     with pytest.raises(SystemExit, match="--resume: .*other settings .*'seed': \\(1, 2\\)"):
         main([*args, "--resume", "true", "--seed", "2"])
+
+
+def test_matched_precision_compares_each_line_at_the_precision_all_reach() -> None:
+    """By hand: line b reaches precision 0.6 at best, so every line is judged over its runs at >= 0.6."""
+    def run(model: str, guider: str, scale: float, precision: float, fid: float, recall: float) -> dict[str, object]:
+        return {"model": model, "guider": guider, "cfg_scale": scale, "precision": precision, "fid": fid, "recall": recall}
+
+    rows = [
+        run("a", "cfg", 1, 0.5, 10.0, 0.9), run("a", "cfg", 2, 0.7, 8.0, 0.6), run("a", "cfg", 4, 0.9, 9.0, 0.4),
+        run("b", "cfg", 1, 0.4, 7.0, 0.95), run("b", "cfg", 2, 0.6, 12.0, 0.7),
+    ]
+    table = matched_precision(rows, ["a", "b"])
+    assert [t["line"] for t in table] == ["a", "b"] and {t["matched_precision"] for t in table} == {0.6}
+    assert (table[0]["fid"], table[0]["fid_cfg_scale"], table[0]["recall"], table[0]["recall_cfg_scale"]) == (8.0, 2, 0.6, 2)
+    assert (table[1]["fid"], table[1]["recall"], table[1]["scales"]) == (12.0, 0.7, [2])  # b's FID 7 is below the level

@@ -49,6 +49,16 @@ def _csv_value(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    staged = path.with_name(path.name + ".partial")
+    with open(staged, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    staged.replace(path)
+
+
 def write_tables(output: Path, report: dict[str, Any]) -> None:
     """``metrics.json`` and ``metrics.csv`` (one row per run). ``evaluate`` writes them after every run,
     so that a sweep stopped half-way keeps what it measured (and ``--resume`` goes on from there);
@@ -57,20 +67,38 @@ def write_tables(output: Path, report: dict[str, Any]) -> None:
     staged = output / "metrics.json.partial"
     staged.write_text(json.dumps(report, indent=2))
     staged.replace(output / "metrics.json")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    staged = output / "metrics.csv.partial"
-    with open(staged, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-    staged.replace(output / "metrics.csv")
+    _write_csv(output / "metrics.csv", rows)
+
+
+def matched_precision(rows: list[dict[str, Any]], models: Sequence[str]) -> list[dict[str, Any]]:
+    """Each line's (model + guider's) best point at matched precision, so that methods whose CFG scales
+    trade fidelity differently are compared at the same fidelity: the matched level is the highest
+    precision that every line reaches at some scale (the least of the lines' best precisions); among a
+    line's runs at or above it, the lowest FID and the highest recall, with the scales they came from.
+    """
+    lines = _lines(rows, models)
+    if not lines:
+        return []
+    level = min(max(p["precision"] for p in points) for _, points in lines)
+    table = []
+    for line, points in lines:
+        eligible = [p for p in points if p["precision"] >= level]
+        best_fid, best_recall = min(eligible, key=lambda p: p["fid"]), max(eligible, key=lambda p: p["recall"])
+        table.append({
+            "line": line, "matched_precision": level, "scales": [p["cfg_scale"] for p in eligible],
+            "fid": best_fid["fid"], "fid_cfg_scale": best_fid["cfg_scale"],
+            "recall": best_recall["recall"], "recall_cfg_scale": best_recall["cfg_scale"],
+        })
+    return table
 
 
 def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
-    """The tables (:func:`write_tables`), one plot per metric of ``PLOTS`` against the CFG scale and
-    ``fid_vs_recall.png``, every model and guider on the same axes."""
+    """The tables (:func:`write_tables`), each line's best point at matched precision
+    (``matched_precision.csv``, :func:`matched_precision`), one plot per metric of ``PLOTS`` against the
+    CFG scale and ``fid_vs_recall.png``, every model and guider on the same axes."""
     rows = report["results"]
     write_tables(output, report)
+    _write_csv(output / "matched_precision.csv", matched_precision(rows, models))
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
     from matplotlib.figure import Figure
 
