@@ -1,0 +1,31 @@
+"""The device's peak TFLOP/s that an MFU is read against (the method: :mod:`kaleido.benchmark`)."""
+
+from __future__ import annotations
+
+import torch
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s, (bf16, tf32), from NVIDIA's data sheets (A100; H100
+# and H200, whose sheets give twice these "with sparsity"). Matched in order: the first key the GPU's
+# name contains. fp32 training runs its matmuls in TF32 (``set_float32_matmul_precision("high")``, as fit).
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {
+    "H200 NVL": (835.5, 417.5),
+    "H200": (989.4, 494.7),
+    "H100 NVL": (835.5, 417.5),
+    "H100 PCIe": (756.5, 378.0),
+    "H100": (989.4, 494.7),
+    "A100": (312.0, 156.0),
+}
+
+
+def peak(device: str, precision: str, given: float | None) -> tuple[float | None, str]:
+    """The peak TFLOP/s an MFU is read against, and where it comes from (or why there is none)."""
+    if given is not None:
+        return given, "--peak_tflops"
+    if torch.device(device).type != "cuda":
+        return None, "no peak for a CPU: MFU is null (pass --peak_tflops for one)"
+    name = torch.cuda.get_device_name(device)
+    for key, (bf16, tf32) in PEAK_TFLOPS.items():
+        if key in name:
+            kind = "bf16" if precision == "bf16" else "tf32"
+            return (bf16 if kind == "bf16" else tf32), f"NVIDIA data sheet, {key}, dense {kind}"
+    return None, f"{name} is not in kaleido.benchmark.PEAK_TFLOPS: MFU is null (pass --peak_tflops)"

@@ -1,0 +1,66 @@
+"""The benchmark's sampling measures (the method: :mod:`kaleido.benchmark`): one raw denoiser forward of
+the doubled batch against a CFG sampling step and the whole ``generate``, for each sampler."""
+
+from __future__ import annotations
+
+import time
+import typing
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from kaleido.benchmark.clock import seconds_per_call, sync
+from kaleido.modules.base import ConditionalDiffusion
+from kaleido.modules.settings import SamplingSettings
+
+SAMPLERS: tuple[str, ...] = typing.get_args(typing.get_type_hints(SamplingSettings)["sampler"])
+
+
+def measure_sampling(
+    model: ConditionalDiffusion, conditions: list[str], cfg_scale: float, sample_steps: int, compile: bool,
+    device: str, autocast: Callable[[], AbstractContextManager], steps: int, warmup: int,
+) -> dict[str, Any]:
+    model.eval()
+    rows = 2 * len(conditions)
+    with torch.no_grad(), autocast():
+        cond, _ = model.sampling_conditioning(conditions, None, 0)
+    states, mask = cond.states, cond.mask
+    if compile:  # the length sample_images pads to when compiling: the sampler's own graph
+        extra = max(0, model.conditioning_limit - states.shape[1])
+        states, mask = torch.nn.functional.pad(states, (0, 0, 0, extra)), torch.nn.functional.pad(mask, (0, extra), value=False)
+    net = model.network("denoiser", compile)
+    x = torch.randn(rows, 3, model.image_size, model.image_size, device=device)
+    t = torch.full((rows,), model.schedule.num_timesteps // 2, device=device)
+    uncond = torch.arange(rows, device=device) >= len(conditions)
+    doubled = (x, t, states.repeat(2, 1, 1), mask.repeat(2, 1), uncond)
+
+    def forward() -> None:
+        with torch.no_grad(), autocast():
+            net(*doubled)
+
+    first, raw = seconds_per_call(forward, device, steps, warmup)
+    result: dict[str, Any] = {
+        "raw_forward_s": raw, "raw_forward_images_per_s": len(conditions) / raw, "first_forward_s": first, "samplers": {},
+    }
+    for sampler in SAMPLERS:
+
+        def generate(num_steps: int, sampler: str = sampler) -> float:
+            sync(device)
+            start = time.perf_counter()
+            with autocast():  # generate returns images on the CPU: it ends synchronised
+                model.generate(conditions, cfg_scale=cfg_scale, sampler=sampler, num_steps=num_steps, batch_size=len(conditions), compile=compile)
+            return time.perf_counter() - start
+
+        first = generate(2)  # the denoiser compiled in the raw forward's first call: this warms the rest
+        one, full = generate(1), generate(sample_steps)
+        step = max(full - one, 0.0) / (sample_steps - 1)
+        result["samplers"][sampler] = {
+            "first_call_s": first,
+            "step_s": step,
+            "step_images_per_s": len(conditions) / step if step else None,
+            "step_over_raw_forward": step / raw,
+            "images_per_s": len(conditions) / full,
+        }
+    return result
