@@ -3,6 +3,7 @@ first-class citizen: its adherence hook is measured by LogSamples, `evaluate` an
 hook draws it in their grids."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,9 @@ def make_plugin(tmp_path: Path) -> Path:
 
 
 def run(site: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # A clean environment: the plugin's site and the kaleido under test; the test session's thread limit.
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env.update({name: os.environ[name] for name in ("OMP_NUM_THREADS",) if name in os.environ})
     return subprocess.run([sys.executable, "-m", "kaleido", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
 
 
