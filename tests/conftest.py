@@ -11,6 +11,13 @@ from hypothesis import settings
 from kaleido.modules.settings import SamplingSettings, T5Settings, UNetSettings
 from kaleido.shapes import ShapesConfig, ShapesDataModule, ShapesTextLatent
 
+# One intra-op thread in the test process and in the processes the tests start (they inherit
+# OMP_NUM_THREADS): the models here are tiny, so a second thread gains little, and on 2 cores anything
+# else running (a subprocess, a loader worker, the other pytest-xdist worker) leaves each op's threads
+# waiting for one another's time slice: the same tests then ran up to 10 times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # CI replays the same examples every run: a red CI is then always reproducible.
 settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):

@@ -10,13 +10,13 @@ from kaleido.shapes import ShapesDataModule, ShapesTextLatent
 from kaleido.shapes.parser import parse_image
 from kaleido.shapes.scenes import COLORS, SHAPES, ShapesConfig
 
-STEPS = 600
+STEPS = 400  # colour follows z in 86-97% of samples at 400 steps (seeds 0-2), 33% at 300: docs/results.md
 
 
 @pytest.mark.slow
 def test_samples_follow_a_given_latent_better_than_chance(tmp_path) -> None:  # type: ignore[no-untyped-def]
     seed_everything(0)
-    # The reduced variant: one large object on black, 16×16, so that a CPU learns colour in under 2 minutes.
+    # The reduced variant: one large object on black, 16×16, so that one CPU core learns colour in a few hundred steps.
     shapes = ShapesConfig(resolution=16, max_objects=1, sizes=["large"], backgrounds=["black"])
     data = ShapesDataModule(latents=[ShapesTextLatent()], shapes=shapes, num_train=4000, batch_size=32)
     model = kaleido.Kaleido(
@@ -24,7 +24,7 @@ def test_samples_follow_a_given_latent_better_than_chance(tmp_path) -> None:  # 
         image_size=16,
         t5=T5Settings(d_model=64, d_ff=128, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=32),
         unet=UNetSettings(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2, cond_layers=1),
-        optimizer=OptimizerSettings(lr=2e-3, warmup_steps=50),
+        optimizer=OptimizerSettings(lr=3e-3, warmup_steps=50),
         sampling=SamplingSettings(sampler="ddim", num_steps=20, cfg_scale=3.0),
     )
     Trainer(

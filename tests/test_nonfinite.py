@@ -4,6 +4,7 @@ and counted."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_a_diverging_fit_ends_with_one_line_and_a_failing_exit_code(tmp_path: Pa
         [sys.executable, "-m", "kaleido", "fit", "--config", str(ROOT / "tests/configs/tiny_kaleido.yaml"),
          "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "0",
          "--trainer.callbacks+=probes.PoisonBatches", "--trainer.callbacks.steps=[1]"],
-        cwd=tmp_path, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests")},
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])},
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -78,7 +78,7 @@ def test_notebook_runs(path: Path, kernel_dir: Path, tmp_path: Path, monkeypatch
     client = nbclient.NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, resources={"metadata": {"path": str(cwd)}})
     start = time.perf_counter()
     try:
-        client.execute()
+        client.execute(cleanup_kc=True)  # the kernel is ours: stop it, not leave it polling beside the next tests
     except nbclient.exceptions.CellExecutionError as error:
         pytest.fail(f"{path.name} failed:\n{str(error)[-4000:]}")
     print(f"{path.name}: {time.perf_counter() - start:.1f} s")

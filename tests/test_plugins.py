@@ -3,6 +3,7 @@ first-class citizen: its adherence hook is measured by LogSamples, `evaluate` an
 hook draws it in their grids."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -34,25 +35,50 @@ def make_plugin(tmp_path: Path) -> Path:
 
 
 def run(site: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    # A clean environment: the plugin's site and the kaleido under test; the test session's thread limit.
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env.update({name: os.environ[name] for name in ("OMP_NUM_THREADS",) if name in os.environ})
     return subprocess.run([sys.executable, "-m", "kaleido", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
 
 
-def test_plugin_by_entry_point_and_class_path(tmp_path: Path) -> None:
-    site = make_plugin(tmp_path)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The plugin installed once for the module: its site, and a directory to run the commands in."""
+    home = tmp_path_factory.mktemp("plugin")
+    return make_plugin(home), home
+
+
+@pytest.fixture(scope="module")
+def fitted(installed: tuple[Path, Path]) -> tuple[subprocess.CompletedProcess, Path]:
+    """One `fit` with the plugin's type named by its entry point beside `text` (the tiny config, whose
+    LogSamples measures adherence), shared by both tests below: the run and its root."""
+    site, home = installed
+    root = home / "fit"
+    fit = run(site, home, "fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
+              "--data.init_args.latents=[text, count]")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    return fit, root
+
+
+def test_plugin_by_entry_point_and_class_path(
+    installed: tuple[Path, Path], fitted: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
+) -> None:
+    site, _ = installed
     listed = run(site, tmp_path, "latents")
     assert re.search(r"^count +entry point my_latents\.count:CountLatent \(my-latents\)$", listed.stdout, re.M), listed.stderr
 
-    for spec in ('["text", "count"]', '[{"class_path": "my_latents.count.CountLatent", "init_args": {"max_count": 4}}]'):
-        root = tmp_path / f"run{len(spec)}"
-        fit = run(site, tmp_path, "fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
-                  "--trainer.callbacks=[]", f"--data.init_args.latents={spec}")
-        assert fit.returncode == 0, fit.stderr[-3000:]
-        checkpoint = next(root.rglob("*.ckpt"))
+    # By entry point: the shared fit. By class_path: a fit of its own, with the type's init_args.
+    root = tmp_path / "class_path"
+    spec = '[{"class_path": "my_latents.count.CountLatent", "init_args": {"max_count": 4}}]'
+    fit = run(site, tmp_path, "fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
+              "--trainer.callbacks=[]", f"--data.init_args.latents={spec}")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    by_entry_point, by_class_path = next(fitted[1].rglob("*.ckpt")), next(root.rglob("*.ckpt"))
+    for name, checkpoint in (("entry_point", by_entry_point), ("class_path", by_class_path)):
         sample = run(site, tmp_path, "sample", "--ckpt_path", str(checkpoint), "--condition", "a circle",
-                     "--num_samples", "2", "--num_steps", "2", "--output", str(root / "samples"))
+                     "--num_samples", "2", "--num_steps", "2", "--output", str(tmp_path / name))
         assert sample.returncode == 0, sample.stderr[-3000:]
-        lines = (root / "samples" / "samples.jsonl").read_text().splitlines()
+        lines = (tmp_path / name / "samples.jsonl").read_text().splitlines()
         assert len(lines) == 2
 
 
@@ -71,14 +97,13 @@ def feature_weights(tmp_path: Path) -> Path:
     return path
 
 
-def test_plugin_hooks_are_measured_and_drawn_by_every_command(tmp_path: Path, feature_weights: Path) -> None:
+def test_plugin_hooks_are_measured_and_drawn_by_every_command(
+    installed: tuple[Path, Path], fitted: tuple[subprocess.CompletedProcess, Path], tmp_path: Path, feature_weights: Path
+) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    site = make_plugin(tmp_path)
-    root = tmp_path / "fit"
-    fit = run(site, tmp_path, "fit", "--config", str(TINY), "--trainer.default_root_dir", str(root),
-              "--data.init_args.latents=[text, count]")  # the tiny config's LogSamples measures adherence
-    assert fit.returncode == 0, fit.stderr[-3000:]
+    site, _ = installed
+    fit, root = fitted  # the tiny config's LogSamples measured adherence
     assert "LogSamples: adherence: skipping the 'text' latent: TextLatent declares no adherence hook" in fit.stdout + fit.stderr
     events = EventAccumulator(str(next(root.rglob("events.out.tfevents.*")).parent)).Reload()
     assert {"val/adherence/count/exact", "val/adherence/count/chance_within_one"} <= set(events.Tags()["scalars"])

@@ -38,7 +38,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def test_a_killed_fit_resumes_through_the_cli_where_it_stopped(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     record = tmp_path / "batches.jsonl"
     probe = ["--trainer.callbacks+=probes.RecordBatches", f"--trainer.callbacks.path={record}"]
     run = subprocess.Popen(
