@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,31 @@ def test_the_command_line_and_bad_folders(folder: Path, tmp_path: Path, capsys: 
     with pytest.raises(SystemExit, match=r"metadata.jsonl, line 1: needs a 'caption' or a 'label' field"):
         main(["shard", "--folder", str(copy), "--output", str(tmp_path / "t"), latent])
     assert not (tmp_path / "t").exists()
+
+
+def test_fit_from_shards_resumes_mid_epoch_through_the_cli(shards: Path, tmp_path: Path) -> None:
+    """The documented override turns a config's data into shards; a run stopped at step 4 of 8 and resumed
+    from its checkpoint trains on the epoch's other items, each once."""
+    root = Path(__file__).resolve().parents[1]
+    record = tmp_path / "batches.jsonl"
+
+    def fit(max_steps: int, *extra: str) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "kaleido", "fit", "--config", str(root / "tests/configs/tiny_kaleido.yaml"),
+             "--data.class_path", "kaleido.data.shards.ShardDataModule", "--data.init_args.root", str(shards),
+             "--data.init_args.image_size", "16", "--data.init_args.batch_size", str(BATCH), "--data.init_args.num_workers", "1",
+             "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "0", "--trainer.max_steps", str(max_steps),
+             "--trainer.callbacks+=probes.RecordBatches", f"--trainer.callbacks.path={record}", *extra],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])},
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    fit(4)
+    fit(NUM_TRAIN // BATCH, "--ckpt_path", "last")
+    records = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [r["start"] for r in records if "start" in r] == [0, 4]  # the second run began at the checkpoint's step
+    steps = [r["step"] for r in records if "ids" in r]
+    assert steps == list(range(1, NUM_TRAIN // BATCH + 1))
+    epoch = [i for r in records if "ids" in r for i in r["ids"]]
+    assert len(epoch) == len(set(epoch)) == NUM_TRAIN
