@@ -170,3 +170,9 @@ def test_fit_from_shards_resumes_mid_epoch_through_the_cli(shards: Path, tmp_pat
     assert steps == list(range(1, NUM_TRAIN // BATCH + 1))
     epoch = [i for r in records if "ids" in r for i in r["ids"]]
     assert len(epoch) == len(set(epoch)) == NUM_TRAIN
+
+
+def test_without_litdata_the_command_says_how_to_install_it(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "litdata", None)  # as if it were not installed
+    with pytest.raises(SystemExit, match=r'^error: shards need litdata: pip install -e "\.\[scale\]"'):
+        main(["shard", "--folder", str(folder), "--output", str(tmp_path / "s")])
