@@ -7,6 +7,7 @@
 from kaleido.__about__ import __version__
 from kaleido.checkpoint import load
 from kaleido.data.folder import ImageFolderDataModule
+from kaleido.data.shards import ShardDataModule
 from kaleido.extract import extract
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
@@ -18,6 +19,7 @@ __all__ = [
     "ImageFolderDataModule",
     "Kaleido",
     "LatentPrior",
+    "ShardDataModule",
     "VQTokenizer",
     "__version__",
     "extract",

@@ -4,6 +4,7 @@
     sample                  images from a checkpoint
     latents                 the registered latent types and where each comes from
     extract                 a latent type's latents for an image folder or a data module, into <type>.jsonl (docs/data.md)
+    shard                   an image folder (images, metadata, latent sidecars) → litdata shards to stream (docs/scale.md)
     evaluate                FID, precision / recall, diversity, adherence, the data's own metrics over CFG scales
     adherence               how closely a Kaleido checkpoint's samples follow their latents, per type
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if from_shell:
             sys.argv = [sys.argv[0], *argv]
-    commands = ("sample", "latents", "extract", "evaluate", "adherence", "report", "prepare", "demo", "benchmark")
+    commands = ("sample", "latents", "extract", "shard", "evaluate", "adherence", "report", "prepare", "demo", "benchmark")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -102,13 +103,14 @@ def main(argv: list[str] | None = None) -> None:
         from kaleido.extract import extract
         from kaleido.metrics.report import merge_reports
         from kaleido.sample import sample
+        from kaleido.shard import shard
 
         try:
             if command == "benchmark":  # its --config is a training config, a name jsonargparse's CLI keeps for itself
                 benchmark(rest)
                 return
             functions = {
-                "sample": sample, "latents": latents, "extract": extract, "evaluate": evaluate, "adherence": adherence,
+                "sample": sample, "latents": latents, "extract": extract, "shard": shard, "evaluate": evaluate, "adherence": adherence,
                 "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist}, "demo": demo,
             }
             CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)

@@ -1,5 +1,6 @@
 """Classes named by ``class_path`` in configs and checkpoints: the one import-and-check that latent types,
-denoisers and guiders share. Imports nothing of kaleido, so every room can use it."""
+denoisers and guiders share, and the one error for an optional package that is not installed. Imports
+nothing of kaleido, so every room can use it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import importlib
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+class MissingPackageError(ValueError):
+    """An optional package is not installed; the message names the install line. A ``ValueError``, so
+    the command line says it in one line (``kaleido.__main__``)."""
 
 
 def import_class(class_path: str, base: type[T], what: str) -> type[T]:

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from kaleido.checkpoint import Weights, load
-from kaleido.datasets.folder_writer import MissingPackageError
+from kaleido.class_paths import MissingPackageError
 from kaleido.devices import resolve_device
 from kaleido.diffusion.guiders import GUIDERS, build_guider
 from kaleido.modules.base import ConditionalDiffusion, Generation

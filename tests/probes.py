@@ -44,7 +44,7 @@ class RecordBatches(Callback):
         })
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._write({"step": trainer.global_step, "ids": [int(i) for i in batch["id"]]})
+        self._write({"step": trainer.global_step, "ids": [i if isinstance(i, str) else int(i) for i in batch["id"]]})
         if trainer.global_step == self.wait_at_step:
             self._write({"waiting": trainer.global_step})
             time.sleep(300)

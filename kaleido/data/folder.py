@@ -51,6 +51,14 @@ def hash_fraction(file_name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def folder_identity(root: Path, image_size: int, val_fraction: float, num_train: int) -> str:
+    """The identity (data contract) of a folder's training images: the folder, the image size, the split
+    and the training-set size. Shards of the folder keep it, so both share cached FID statistics."""
+    settings = {"root": str(root.resolve()), "image_size": image_size, "val_fraction": val_fraction, "num_train": num_train}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"folder-{root.name}-{image_size}px-{digest}"
+
+
 # -- the data set and module -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class FolderItem:
@@ -153,6 +161,7 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         if unknown:
             raise ValueError(f"readers name latent types this data does not serve: {unknown}; its types are {[t.name for t in self.latent_types]}")
         self.skipped: dict[str, list[str]] = {}  # reason → file names left out (on_missing="skip")
+        self.unknown_ids: dict[str, int] = {}  # type name → sidecar ids not in metadata.jsonl (ignored, counted)
         self._splits: dict[str, list[FolderItem]] | None = None
         self._tokenizer: KaleidoTokenizer | None = None
 
@@ -176,6 +185,7 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
             sidecar = read_sidecar(path)
             if sidecar.partial is not None:
                 rank_zero_warn(f"{path}: ignoring an unterminated last line (an interrupted extract); rerun: {command}")
+            self.unknown_ids[latent_type.name] = len(set(sidecar.latents) - set(found))
             missing = []
             for record in records:
                 entry = sidecar.latents.get(record.file_name)
@@ -197,7 +207,7 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         """Read metadata, sidecars (and image headers): the items of the ``train`` and ``val`` splits."""
         if self._splits is not None:
             return self._splits
-        self.skipped = {}
+        self.skipped, self.unknown_ids = {}, {}
         records = read_metadata(self.root, self.condition_template)
         latents = self._read_latents(records)
         records = [r for r in records if r.file_name in latents]
@@ -242,14 +252,7 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
 
     def identity(self) -> str:
         """The folder, the image size, the split and the training-set size: what fixes its images."""
-        settings = {
-            "root": str(self.root.resolve()),
-            "image_size": self.image_size,
-            "val_fraction": self.val_fraction,
-            "num_train": len(self.load()["train"]),
-        }
-        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-        return f"folder-{self.root.name}-{self.image_size}px-{digest}"
+        return folder_identity(self.root, self.image_size, self.val_fraction, len(self.load()["train"]))
 
     def ground_truth(self, split: Literal["train", "val"], latent_type: LatentType, count: int | None = None) -> list[Any] | None:
         """The sidecar latents of the split's items (what training reads)."""
@@ -279,4 +282,4 @@ class ImageFolderDataModule(LightningDataModule, KaleidoData):
         return make_loader(self.dataset("val"), self.tokenizer, self.batch_size, self.num_workers, False, self.pad_to_limits)
 
 
-__all__ = ["ImageFolderDataModule", "ImageFolderDataset"]
+__all__ = ["ImageFolderDataModule", "ImageFolderDataset", "folder_identity"]

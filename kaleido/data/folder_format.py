@@ -10,7 +10,7 @@ import shlex
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -46,22 +46,24 @@ def to_rgb(image: Image.Image, path: str | Path = "image") -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """An image file → float ``[3, S, S]`` in ``[-1, 1]``: EXIF orientation applied, converted to RGB
-    (:func:`to_rgb`: 16-bit scaled, transparency over white),
-    centre-cropped to the largest square, then resized to ``size`` (bicubic, antialiased when
-    shrinking) unless ``size`` is ``None``.
+def load_image(path: str | Path | IO[bytes], size: int | None = None, name: str | None = None) -> torch.Tensor:
+    """An image file (or its encoded bytes as a file object, as shards hold them) → float ``[3, S, S]``
+    in ``[-1, 1]``: EXIF orientation applied, converted to RGB (:func:`to_rgb`: 16-bit scaled,
+    transparency over white), centre-cropped to the largest square, then resized to ``size`` (bicubic,
+    antialiased when shrinking) unless ``size`` is ``None``. ``name`` is what errors call the image
+    (default: ``path``).
 
-    Extraction and training both go through this function, so geometric latents (boxes, blobs) are
-    measured on exactly the square crop the model is trained on.
+    Extraction and training (from a folder or from shards) all go through this function, so geometric
+    latents (boxes, blobs) are measured on exactly the square crop the model is trained on.
     """
+    name = str(path) if name is None else name
     try:
         with Image.open(path) as opened:
-            image = to_rgb(ImageOps.exif_transpose(opened), path)  # decodes: a corrupt body fails here
+            image = to_rgb(ImageOps.exif_transpose(opened), name)  # decodes: a corrupt body fails here
     except UnreadableImageError:
         raise
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise UnreadableImageError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+        raise UnreadableImageError(f"cannot read image {name}: {type(error).__name__}: {error}") from error
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2

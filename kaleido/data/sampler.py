@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-def _default_seed() -> int:
+def default_seed() -> int:
     """The run's ``seed_everything`` value (Lightning exports it), so the config's seed fixes the order."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
@@ -40,7 +40,7 @@ class ResumableSampler(DistributedSampler):
             num_replicas=dist.get_world_size() if distributed else 1,
             rank=dist.get_rank() if distributed else 0,
             shuffle=shuffle,
-            seed=_default_seed() if seed is None else seed,
+            seed=default_seed() if seed is None else seed,
             drop_last=True,
         )
         self.start = 0

@@ -13,11 +13,8 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from kaleido.class_paths import MissingPackageError
 from kaleido.data.folder_format import METADATA
-
-
-class MissingPackageError(ValueError):
-    """A data set's package is not installed; the message names the install line."""
 
 
 def package_dir(module: str, install: str) -> Path:
