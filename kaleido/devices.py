@@ -7,11 +7,18 @@ import torch
 DEVICES = "'auto' (CUDA when a GPU is visible, else the CPU), 'cpu', 'cuda' or 'cuda:N'"
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, local_rank: int | None = None) -> str:
     """``"auto"`` → ``"cuda"`` if a GPU is visible, else ``"cpu"``; any other name is checked here, so a
-    typo or a missing GPU fails with one line before any data is read."""
+    typo or a missing GPU fails with one line before any data is read.
+
+    ``local_rank``: this process's place among those of its machine (torchrun's ``LOCAL_RANK``): with
+    several GPUs visible, ``"auto"`` takes GPU ``local_rank`` (modulo their number: more processes than
+    GPUs share them), so one process per GPU needs no ``--device`` of its own."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        count = torch.cuda.device_count()
+        return f"cuda:{local_rank % count}" if local_rank is not None and count > 1 else "cuda"
     try:
         kind = torch.device(device).type
     except RuntimeError:

@@ -7,6 +7,11 @@ set's own reading of the type (``latent_extractor``), else the type's.
 
 Resumable: images already in the sidecar are skipped, and each batch is appended and flushed, so an
 interrupted run loses at most the batch in flight. See ``docs/data.md``.
+
+Spread over processes (GPUs, nodes): ``--num_parts N --part I`` (by default torchrun's ``WORLD_SIZE`` and
+``RANK``) takes the items at positions ≡ I (mod N) and appends to its own ``<type>.part-I-of-N.jsonl``,
+as resumable as the sidecar; no process group, no shared file written. ``--merge true``, run once
+after, joins the parts into the sidecar in the source order. See ``docs/scale.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import os
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,13 +29,17 @@ from typing import IO, Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from kaleido.data.contract import build_datamodule, data_extractor, require_data
 from kaleido.data.folder_format import (
     LATENTS_DIR,
+    PART_FILE,
     UnreadableImageError,
+    errors_path,
     load_image,
+    part_path,
     read_metadata,
     read_sidecar,
     sidecar_path,
@@ -39,6 +48,7 @@ from kaleido.devices import resolve_device
 from kaleido.latents import Extractor, LatentType, build_latent_type
 
 ItemId = str | int
+FIRST_FAILURES = 3  # failures named, with their reasons, under a summary line
 
 
 class ExtractionError(ValueError):
@@ -114,20 +124,25 @@ def _prepare_sidecar(path: Path) -> set[ItemId]:
     return set(sidecar.latents)
 
 
-def _prepare_errors(path: Path, retried: set[ItemId]) -> None:
-    """Keep the logged failures of images this run does not retry; the retried ones log afresh."""
+def _error_records(path: Path) -> list[dict[str, Any]]:
+    """The failures logged in an errors file, ``{"id", "kind", "error"}`` each (none if there is no file)."""
     if not path.exists():
-        return
-    kept = []
+        return []
+    records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a log, not data: an unreadable line is simply dropped
-        item_id = record.get("id") if isinstance(record, dict) else None
-        if isinstance(item_id, (str, int)) and item_id not in retried:
-            kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
+        if isinstance(record, dict) and isinstance(record.get("id"), (str, int)):
+            records.append(record)
+    return records
+
+
+def _prepare_errors(path: Path, retried: set[ItemId]) -> None:
+    """Keep the logged failures of images this run does not retry; the retried ones log afresh."""
+    if path.exists():
+        _write_atomically(path, [record for record in _error_records(path) if record["id"] not in retried])
 
 
 def _append(file: IO[str], records: Sequence[dict[str, Any]]) -> None:
@@ -136,6 +151,63 @@ def _append(file: IO[str], records: Sequence[dict[str, Any]]) -> None:
         file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         file.flush()
         os.fsync(file.fileno())
+
+
+def _write_atomically(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Write beside, then replace: a reader or a crash sees the old file or the new one, never half of one.
+    The temporary name is this process's own, so two writers at once cannot interleave their lines."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        _append(file, records)
+    os.replace(temporary, path)
+
+
+def _reason(error: BaseException) -> str:
+    # load_image's own message already names the file and the cause
+    return str(error) if isinstance(error, UnreadableImageError) else f"{type(error).__name__}: {error}"
+
+
+def failure_report(failures: Sequence[Failure], log: Path) -> tuple[str, str]:
+    """For a summary line: `` (kind: n, ...; see LOG)``, and the first few failures with their reasons
+    (one indented line each) to print under it; empty strings when nothing failed."""
+    if not failures:
+        return "", ""
+    kinds = Counter(failure.kind for failure in failures)
+    counts = f" ({', '.join(f'{kind}: {n}' for kind, n in sorted(kinds.items()))}; see {log})"
+    first = "".join(f"\n  {f.item.name}: {f.kind}: {f.reason[:200]}" for f in failures[:FIRST_FAILURES])
+    more = f"\n  ... and {len(failures) - FIRST_FAILURES} more" if len(failures) > FIRST_FAILURES else ""
+    return counts, first + more
+
+
+# -- decoding, in loader workers -------------------------------------------------------------------
+Decoded = tuple[int, Tensor | None, str, str | None]  # position in the run's items, image, condition, why unreadable
+DecodedItem = tuple[SourceItem, Tensor | None, str, str | None]  # the same, with the item itself
+
+
+class _Decode(Dataset[Decoded]):
+    """The run's images, decoded by a DataLoader's workers (``--num_workers``) while the extractor works on
+    an earlier batch. A failure comes back as its reason, not raised: an exception need not pickle, and
+    one bad file must not stop the loader."""
+
+    def __init__(self, items: Sequence[SourceItem]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        try:
+            image, condition = self.items[index].load()
+        except Exception as error:  # noqa: BLE001 - reported with the image's name
+            return index, None, "", _reason(error)
+        return index, image, condition, None
+
+
+def _decoded_batches(items: Sequence[SourceItem], batch_size: int, num_workers: int) -> Iterator[list[DecodedItem]]:
+    """``items`` in order and in batches, decoded; a batch is a list, as folder images may differ in size."""
+    loader = DataLoader(_Decode(items), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    for batch in loader:
+        yield [(items[index], image, condition, unreadable) for index, image, condition, unreadable in batch]
 
 
 # -- one batch -------------------------------------------------------------------------------------
@@ -167,40 +239,40 @@ def _run_extractor(extractor: Extractor, group: list[tuple[SourceItem, Tensor, s
 
 
 def extract_batch(
-    batch: Sequence[SourceItem], latent_type: LatentType, extractor: Extractor, on_error: Literal["raise", "skip"]
+    batch: Sequence[DecodedItem],
+    latent_type: LatentType,
+    extractor: Extractor,
+    on_error: Literal["raise", "skip"],
 ) -> tuple[list[tuple[SourceItem, str]], list[Failure]]:
-    """The validated latent texts of a batch (in batch order) and its failures; with ``on_error="raise"``
-    the first failure raises :class:`ExtractionError` instead."""
+    """The validated latent texts of a decoded batch ((item, image or ``None``, condition, why unreadable)
+    each, as the loader gives them), in batch order, and its failures; with ``on_error="raise"`` the
+    first failure raises :class:`ExtractionError` instead."""
     failures: list[Failure] = []
 
-    def fail(item: SourceItem, kind: str, error: BaseException) -> None:
-        # load_image's own message already names the file and the cause
-        reason = str(error) if isinstance(error, UnreadableImageError) else f"{type(error).__name__}: {error}"
+    def fail(item: SourceItem, kind: str, reason: str, cause: BaseException | None = None) -> None:
         if on_error == "raise":
             raise ExtractionError(
                 f"{kind} for {item.name}: {reason}\n(pass --on_error skip to log such images in the errors file and go on)"
-            ) from error
+            ) from cause
         failures.append(Failure(item, kind, reason))
 
     loaded: dict[tuple[int, ...], list[tuple[SourceItem, Tensor, str]]] = defaultdict(list)
-    for item in batch:
-        try:
-            image, condition = item.load()
-        except Exception as error:  # noqa: BLE001 - reported with the image's name
-            fail(item, "unreadable image", error)
+    for item, image, condition, unreadable in batch:
+        if image is None:
+            fail(item, "unreadable image", str(unreadable))
             continue
         loaded[tuple(image.shape)].append((item, image, condition))  # folder images may differ in size
     texts: dict[ItemId, str] = {}
     for group in loaded.values():
         for item, latent in _run_extractor(extractor, group):
             if isinstance(latent, BaseException):
-                fail(item, "extractor error", latent)
+                fail(item, "extractor error", _reason(latent), latent)
                 continue
             try:
                 texts[item.id] = validated_text(latent_type, latent)
             except Exception as error:  # noqa: BLE001 - format/parse problems of one latent
-                fail(item, "invalid latent", error)
-    return [(item, texts[item.id]) for item in batch if item.id in texts], failures
+                fail(item, "invalid latent", _reason(error), error)
+    return [(item, texts[item.id]) for item, _, _, _ in batch if item.id in texts], failures
 
 
 def _builtin_extractor(latent_type: LatentType) -> Extractor:
@@ -212,6 +284,141 @@ def _builtin_extractor(latent_type: LatentType) -> Extractor:
             "kaleido.latents.extractors.DetectorBoxExtractor --extractor.model_path DIR), or write the sidecar "
             "yourself (format: docs/data.md)"
         ) from None
+
+
+# -- parts: one process's share --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Part:
+    """The items at positions ≡ ``index`` (mod ``count``) of the source order. Strided, not contiguous
+    ranges: a part keeps its items when images are appended to the data set (ranges would shift, and a
+    resumed part would redo another's), and a source sorted by class or size costs every part alike."""
+
+    index: int = 0
+    count: int = 1
+
+    def of(self, items: Sequence[SourceItem]) -> Sequence[SourceItem]:
+        return items[self.index :: self.count]
+
+    def path(self, directory: Path, latent_type: LatentType) -> Path:
+        """The whole run writes the sidecar itself; a part, its own part file."""
+        if self.count == 1:
+            return sidecar_path(directory, latent_type)
+        return part_path(directory, latent_type, self.index, self.count)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a whole number") from None
+
+
+def resolve_part(num_parts: int | None, part: int | None) -> Part:
+    """``--num_parts`` and ``--part``, else the launcher's ``WORLD_SIZE`` and ``RANK`` (torchrun, Lightning),
+    else the whole data set; a value out of range is refused in one line naming where it came from."""
+    if (num_parts is None) != (part is None):
+        raise ValueError("give --num_parts N and --part I together, or neither (under torchrun they come from WORLD_SIZE and RANK)")
+    names = "--num_parts", "--part"
+    if num_parts is None:
+        names = "WORLD_SIZE", "RANK"
+        num_parts, part = _env_int("WORLD_SIZE"), _env_int("RANK")
+        if num_parts is None:
+            return Part()
+        if part is None:
+            raise ValueError("WORLD_SIZE is set but RANK is not: set both, or pass --num_parts N --part I")
+    assert part is not None
+    if num_parts < 1:
+        raise ValueError(f"{names[0]} must be >= 1, got {num_parts}")
+    if not 0 <= part < num_parts:
+        raise ValueError(f"{names[1]} must be in 0..{num_parts - 1} with {names[0]} {num_parts}, got {part}")
+    return Part(part, num_parts)
+
+
+def _split_counts(directory: Path, latent_type: LatentType) -> set[int]:
+    """The N of the type's part files ``<type>.part-I-of-N.jsonl`` in ``directory``."""
+    found = (PART_FILE.fullmatch(path.name) for path in directory.glob("*.part-*-of-*.jsonl"))
+    return {int(match["count"]) for match in found if match is not None and match["type"] == latent_type.name}
+
+
+def _refuse_another_split(directory: Path, latent_type: LatentType, part: Part) -> None:
+    """Parts of another N hold other processes' shares of the same items: one split at a time."""
+    others = sorted(_split_counts(directory, latent_type) - {part.count})
+    if others:
+        this = "is not split" if part.count == 1 else f"is split in {part.count}"
+        raise ValueError(
+            f"{directory} holds {latent_type.name}.part-I-of-{others[0]}.jsonl files of a run split in {others[0]}, and this "
+            f"run {this}: finish that run and merge it (--merge true), or delete its part files"
+        )
+
+
+# -- merging the parts -----------------------------------------------------------------------------
+def _first(names: Sequence[str]) -> str:
+    return ", ".join(names[:FIRST_FAILURES]) + (", ..." if len(names) > FIRST_FAILURES else "")
+
+
+def merge_parts(latent_type: LatentType, items: Sequence[SourceItem], directory: Path) -> Path:
+    """Join the part files of ``latent_type`` in ``directory`` into its sidecar, in the order of ``items``.
+
+    The sidecar's own lines (a run before the split) are kept. Refused, with nothing changed, unless every
+    item is extracted or logged as failed, and only once (a part still running or interrupted leaves items
+    missing). The sidecar and its errors log are replaced atomically, and only then are the parts removed;
+    a merge interrupted between the two is simply run again (a part's line that the sidecar already holds
+    with the same text is that line, not a duplicate)."""
+    name, path = latent_type.name, sidecar_path(directory, latent_type)
+    counts = _split_counts(directory, latent_type)
+    if len(counts) > 1:
+        splits = " and ".join(map(str, sorted(counts)))
+        raise ValueError(f"{directory} holds {name} parts of runs split in {splits}: keep one run's part files")
+    if not counts:
+        if not path.exists():
+            raise ValueError(f"nothing to merge: no {name}.part-I-of-N.jsonl in {directory} (extract with --num_parts N --part I first)")
+        print(f"{name}: no parts to merge; {path} is as it was")
+        return path
+    count = counts.pop()
+    parts = [part_path(directory, latent_type, index, count) for index in range(count)]
+
+    texts = {item_id: text for item_id, (_, text) in read_sidecar(path).latents.items()}
+    where = dict.fromkeys(texts, path)
+    twice: list[str] = []
+    for part in parts:  # a part that never ran reads as empty: its items are missing
+        for item_id, (_, text) in read_sidecar(part).latents.items():
+            if item_id in where and not (where[item_id] == path and texts[item_id] == text):
+                twice.append(f"{item_id!r} in {where[item_id].name} and {part.name}")
+                continue
+            texts[item_id], where[item_id] = text, part
+    failed = {r["id"]: r for part in parts for r in _error_records(errors_path(part)) if r["id"] not in texts}
+    missing = [(position, item) for position, item in enumerate(items) if item.id not in texts and item.id not in failed]
+    if missing or twice:
+        problems = []
+        if missing:
+            unfinished = ", ".join(str(index) for index in sorted({position % count for position, _ in missing}))
+            names = _first([item.name for _, item in missing])
+            problems.append(f"{len(missing)} images missing ({names}), of parts {unfinished}: run them (again)")
+        if twice:
+            problems.append(f"{len(twice)} images extracted twice ({_first(twice)})")
+        raise ExtractionError(f"cannot merge the {count} parts of {name} in {directory}: {'; '.join(problems)}")
+
+    positions = {item.id: position for position, item in enumerate(items)}
+    order = [item.id for item in items if item.id in texts] + [i for i in texts if i not in positions]  # ids past --limit: kept
+    _write_atomically(path, [{"id": item_id, "latent": texts[item_id]} for item_id in order])
+    log = errors_path(path)
+    kept = [r for r in _error_records(log) if r["id"] not in positions and r["id"] not in texts]  # the parts retried the others
+    logged = sorted(failed.values(), key=lambda record: positions.get(record["id"], len(positions))) + kept
+    if logged:
+        _write_atomically(log, logged)
+    else:
+        log.unlink(missing_ok=True)
+    for part in parts:  # only now: the merged files hold everything the parts held
+        part.unlink(missing_ok=True)
+        errors_path(part).unlink(missing_ok=True)
+
+    failures = [Failure(items[positions[i]], str(r.get("kind")), str(r.get("error"))) for i, r in failed.items() if i in positions]
+    counts_text, details = failure_report(sorted(failures, key=lambda f: positions[f.item.id]), log)
+    print(f"{name}: merged {count} parts: {len(order)} latents, {len(failures)} failed{counts_text} -> {path}{details}")
+    return path
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -226,9 +433,13 @@ def extract(
     image_size: int | None = None,
     condition_template: str = "{label}",
     batch_size: int = 64,
+    num_workers: int = 0,
     limit: int | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     device: str = "auto",
+    num_parts: int | None = None,
+    part: int | None = None,
+    merge: bool = False,
     progress: bool = True,
 ) -> Path:
     """Extract one latent type for every image of a data set into the sidecar ``<output>/<type>.jsonl``.
@@ -250,25 +461,38 @@ def extract(
             (default: keep its resolution). The crop is always the one training uses.
         condition_template: folder only: the condition of ``label`` metadata (as ImageFolderDataModule's).
         batch_size: images per extractor call; each batch is appended to the sidecar when done.
+        num_workers: loader processes decoding the images while the extractor runs (0: in this process).
         limit: only the first ``limit`` images of the data set (those done are still skipped).
         on_error: an unreadable image, an extractor error or a latent that does not read back:
             "raise" stops naming the image; "skip" logs it to ``<type>.errors.jsonl`` and goes on
             (skipped images are retried on the next run).
-        device: where the extractor runs: "auto" (CUDA when a GPU is visible), "cpu" or "cuda". It
-            matters for extractors with a network or batched tensor maths (visual tokens, colour); the
-            others run on the host whatever is given.
+        device: where the extractor runs: "auto" (CUDA when a GPU is visible; with several, GPU
+            ``LOCAL_RANK`` under torchrun), "cpu", "cuda" or "cuda:N". It matters for extractors with a
+            network or batched tensor maths (visual tokens, colour); the others run on the host.
+        num_parts: split the run over this many processes (default: ``WORLD_SIZE`` under torchrun, else 1).
+        part: this process's part, 0..num_parts-1 (default: ``RANK``): the images at positions ≡ part
+            (mod num_parts), written to ``<type>.part-<part>-of-<num_parts>.jsonl``.
+        merge: instead of extracting, join the finished parts into ``<type>.jsonl`` in the source order
+            (the same source arguments; one process, once every part is done).
         progress: show a progress bar.
 
     Returns:
-        The sidecar's path.
+        The sidecar's path (a part's file for a part).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    device = resolve_device(device)
+    if merge and (num_parts is not None or part is not None):
+        raise ValueError("--merge true joins every part file found: drop --num_parts and --part")
+    if merge and (_env_int("WORLD_SIZE") or 1) > 1:
+        raise ValueError("--merge true runs in one process once every part is done, not under torchrun or srun (WORLD_SIZE > 1)")
+    share = Part() if merge else resolve_part(num_parts, part)
+    device = resolve_device(device, _env_int("LOCAL_RANK"))
     if sum(source is not None for source in (folder, data_config, data)) != 1:
         raise ValueError(
             "name the images with exactly one of --folder DIR (an image folder with metadata.jsonl) "
@@ -288,41 +512,73 @@ def extract(
         data = data if data is not None else build_datamodule(Path(data_config))  # type: ignore[arg-type]
         items = data_source(data, split)
         directory = Path(output)
+    considered = items if limit is None else items[:limit]
+    if merge:  # no extractor: a model-backed one would load for nothing
+        return merge_parts(latent_type, considered, directory)
     if extractor is None:
         extractor = data_extractor(data, latent_type) or _builtin_extractor(latent_type)
     extractor = extractor.to(device)
-
     directory.mkdir(parents=True, exist_ok=True)
-    path = sidecar_path(directory, latent_type)
-    errors_path = path.with_name(f"{latent_type.name}.errors.jsonl")
-    done = _prepare_sidecar(path)
-    considered = items if limit is None else items[:limit]
-    todo = [item for item in considered if item.id not in done]
-    _prepare_errors(errors_path, done | {item.id for item in todo})
+    _refuse_another_split(directory, latent_type, share)
+    return _extract_share(latent_type, extractor, considered, directory, share, batch_size, num_workers, on_error, progress)
 
-    extracted, skipped = 0, Counter[str]()
-    with open(path, "a", encoding="utf-8") as sink, tqdm(
-        total=len(todo), desc=f"extract {latent_type.name}", unit="image", disable=not progress
-    ) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            texts, failures = extract_batch(batch, latent_type, extractor, on_error)
+
+def _extract_share(
+    latent_type: LatentType,
+    extractor: Extractor,
+    items: Sequence[SourceItem],
+    directory: Path,
+    share: Part,
+    batch_size: int,
+    num_workers: int,
+    on_error: Literal["raise", "skip"],
+    progress: bool,
+) -> Path:
+    """Extract ``share`` of ``items`` into its file (the sidecar, or its part file), skipping what is done."""
+    path = share.path(directory, latent_type)
+    log = errors_path(path)
+    done = _prepare_sidecar(path)
+    if share.count > 1:  # the sidecar is only read here: every part may be running, and only the merge writes it
+        done |= set(read_sidecar(sidecar_path(directory, latent_type)).latents)
+    mine = share.of(items)
+    todo = [item for item in mine if item.id not in done]
+    _prepare_errors(log, done | {item.id for item in todo})
+
+    label = latent_type.name if share.count == 1 else f"{latent_type.name} part {share.index} of {share.count}"
+    extracted, failures = 0, list[Failure]()
+    bar = tqdm(total=len(todo), desc=f"extract {label}", unit="image", disable=not progress)
+    with open(path, "a", encoding="utf-8") as sink, bar:
+        for batch in _decoded_batches(todo, batch_size, num_workers):
+            texts, failed = extract_batch(batch, latent_type, extractor, on_error)
             _append(sink, [{"id": item.id, "latent": text} for item, text in texts])
-            if failures:
-                with open(errors_path, "a", encoding="utf-8") as log:
-                    _append(log, [{"id": f.item.id, "kind": f.kind, "error": f.reason} for f in failures])
-                skipped.update(f.kind for f in failures)
+            if failed:
+                with open(log, "a", encoding="utf-8") as file:
+                    _append(file, [{"id": f.item.id, "kind": f.kind, "error": f.reason} for f in failed])
+                failures += failed
             extracted += len(texts)
             bar.update(len(batch))
-    if errors_path.exists() and errors_path.stat().st_size == 0:
-        errors_path.unlink()
+    if log.exists() and log.stat().st_size == 0:
+        log.unlink()
 
-    reasons = f" ({', '.join(f'{kind}: {n}' for kind, n in sorted(skipped.items()))}; see {errors_path})" if skipped else ""
-    print(
-        f"{latent_type.name}: extracted {extracted}, skipped {sum(skipped.values())}{reasons}, "
-        f"already done {len(considered) - len(todo)} -> {path}"
-    )
+    counts, details = failure_report(failures, log)
+    print(f"{label}: extracted {extracted}, skipped {len(failures)}{counts}, already done {len(mine) - len(todo)} -> {path}{details}")
+    if share.count > 1:
+        merged = sidecar_path(directory, latent_type)
+        print(f"(once all {share.count} parts are done, the same arguments with --merge true, in one process, join them into {merged})")
     return path
 
 
-__all__ = ["ExtractionError", "SourceItem", "data_source", "extract", "extract_batch", "folder_source", "validated_text"]
+__all__ = [
+    "ExtractionError",
+    "Failure",
+    "Part",
+    "SourceItem",
+    "data_source",
+    "extract",
+    "extract_batch",
+    "failure_report",
+    "folder_source",
+    "merge_parts",
+    "resolve_part",
+    "validated_text",
+]

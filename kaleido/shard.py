@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kaleido.data.folder import ImageFolderDataModule
-from kaleido.data.folder_format import LATENTS_DIR, read_metadata
+from kaleido.data.folder_format import LATENTS_DIR, is_sidecar, read_metadata
 from kaleido.data.shards import FORMAT, MANIFEST, SPLITS, ShardText, require_litdata, texts_path
 from kaleido.latents import LatentType
 
@@ -34,7 +34,7 @@ def _shard_item(entry: ShardInput) -> dict[str, Any]:
 
 def _sidecar_types(latents_dir: Path) -> list[str]:
     """The registered names of the sidecars in ``latents_dir`` (what ``extract`` wrote there)."""
-    return sorted(p.name[: -len(".jsonl")] for p in latents_dir.glob("*.jsonl") if not p.name.endswith(".errors.jsonl"))
+    return sorted(p.name[: -len(".jsonl")] for p in latents_dir.glob("*.jsonl") if is_sidecar(p))
 
 
 def shard(

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import string
 from dataclasses import dataclass, field
@@ -169,6 +170,24 @@ def read_metadata(root: str | Path, condition_template: str = "{label}") -> list
 def sidecar_path(latents_dir: str | Path, latent_type: LatentType | str) -> Path:
     name = latent_type if isinstance(latent_type, str) else latent_type.name
     return Path(latents_dir) / f"{name}.jsonl"
+
+
+# one process's share of a sidecar (``extract --num_parts N --part I``), joined into it by ``extract --merge``
+PART_FILE = re.compile(r"(?P<type>.+)\.part-(?P<index>\d+)-of-(?P<count>\d+)\.jsonl")
+
+
+def part_path(latents_dir: str | Path, latent_type: LatentType | str, index: int, count: int) -> Path:
+    return sidecar_path(latents_dir, latent_type).with_suffix(f".part-{index}-of-{count}.jsonl")
+
+
+def errors_path(sidecar: Path) -> Path:
+    """The failures logged beside a sidecar or a part of one: ``<type>[.part-I-of-N].errors.jsonl``."""
+    return sidecar.with_suffix(".errors.jsonl")
+
+
+def is_sidecar(path: Path) -> bool:
+    """A ``<type>.jsonl`` sidecar, not an errors log or an unmerged part."""
+    return path.suffix == ".jsonl" and not path.name.endswith(".errors.jsonl") and PART_FILE.fullmatch(path.name) is None
 
 
 @dataclass
