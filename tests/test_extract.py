@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,10 +15,13 @@ import torch
 from jsonargparse import CLI
 from torch import Tensor
 
+from kaleido.__main__ import main
+from kaleido.devices import resolve_device
 from kaleido.extract import ExtractionError, extract
 from kaleido.latents import BoxLatent, Extractor
 from kaleido.shapes import ShapesConfig, ShapesDataModule, ShapesDataset, ShapesTextLatent, describe, export_shapes
 from kaleido.shapes.latents import ShapesBoxExtractor
+from kaleido.shard import _sidecar_types
 
 NUM_IMAGES = 20
 SHAPES = ShapesConfig(resolution=32, max_objects=2)
@@ -207,3 +213,144 @@ def test_command_line_arguments(folder: Path, tmp_path: Path) -> None:
     CLI(extract, as_positional=False, args=["--data_config", str(config), "--split", "test",
                                             "--output", str(out), "--latent", "box", "--progress", "false"])
     assert [r["id"] for r in lines(out / "box.jsonl")] == [0, 1, 2]
+
+
+# -- split over processes (--num_parts / --part, WORLD_SIZE / RANK) and merged -----------------------------
+TEXT_SPEC = json.dumps({"class_path": "kaleido.shapes.ShapesTextLatent"})
+
+
+def test_parts_merged_give_the_single_process_sidecar(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    single = extract(TEXT, folder=folder, output=tmp_path / "single", batch_size=4, progress=False)
+    split = tmp_path / "split"
+    extract(TEXT, folder=folder, output=split, limit=5, progress=False)  # a sidecar begun before the split: kept
+    part0 = extract(TEXT, folder=folder, output=split, num_parts=2, part=0, batch_size=3, num_workers=2, progress=False)
+    part1 = extract(TEXT, folder=folder, output=split, num_parts=2, part=1, batch_size=3, progress=False)
+    assert (part0, part1) == (split / "text.part-0-of-2.jsonl", split / "text.part-1-of-2.jsonl")
+    assert [r["id"] for r in lines(part0)] == file_names(folder)[6::2]  # positions ≡ 0 mod 2, past those done
+    out = capsys.readouterr().out
+    assert "text part 0 of 2: extracted 7, skipped 0, already done 3" in out and "--merge true" in out
+    assert _sidecar_types(split) == ["text"]  # what `shard` takes by default: no part for a sidecar of its own
+    assert extract(TEXT, folder=folder, output=split, merge=True, progress=False) == split / "text.jsonl"
+    assert (split / "text.jsonl").read_bytes() == single.read_bytes()  # the same lines in the same order
+    assert sorted(p.name for p in split.iterdir()) == ["text.jsonl"]  # the parts went, after the merge
+    assert "text: merged 2 parts: 20 latents, 0 failed ->" in capsys.readouterr().out
+
+
+class StopAfter(Extractor):
+    """The shapes text reader, interrupted (as by Ctrl-C or a killed job) at its call number ``calls``."""
+
+    def __init__(self, calls: int) -> None:
+        self.reader, self.calls = TEXT.build_extractor(), calls
+
+    def __call__(self, images: Tensor, conditions: Sequence[str]) -> list:
+        self.calls -= 1
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        return self.reader(images, conditions)
+
+
+def test_an_interrupted_part_resumes_without_duplicates(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        extract(TEXT, folder=folder, extractor=StopAfter(3), num_parts=2, part=1, batch_size=2, progress=False)
+    part = folder / "latents/text.part-1-of-2.jsonl"
+    assert [r["id"] for r in lines(part)] == file_names(folder)[1::2][:4]  # two batches written, the third lost
+    extract(TEXT, folder=folder, num_parts=2, part=1, batch_size=2, progress=False)
+    assert "text part 1 of 2: extracted 6, skipped 0, already done 4" in capsys.readouterr().out
+    assert [r["id"] for r in lines(part)] == file_names(folder)[1::2]
+    extract(TEXT, folder=folder, num_parts=2, part=0, progress=False)
+    extract(TEXT, folder=folder, merge=True, progress=False)
+    assert [r["id"] for r in lines(folder / "latents/text.jsonl")] == file_names(folder)
+
+
+def test_the_launchers_variables_pick_the_part(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun's WORLD_SIZE / RANK through the command line, in a process of its own."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kaleido", "extract", "--folder", str(folder), "--latent", TEXT_SPEC, "--progress", "false"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "text part 1 of 2: extracted 10, skipped 0, already done 0" in result.stdout
+    assert [r["id"] for r in lines(folder / "latents/text.part-1-of-2.jsonl")] == file_names(folder)[1::2]
+    # explicit arguments win over the variables; out-of-range variables are named; a merge runs alone
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    extract(TEXT, folder=folder, num_parts=2, part=0, progress=False)
+    assert [r["id"] for r in lines(folder / "latents/text.part-0-of-2.jsonl")] == file_names(folder)[::2]
+    with pytest.raises(ValueError, match="runs in one process"):
+        extract(TEXT, folder=folder, merge=True, progress=False)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match=r"^RANK must be in 0\.\.1 with WORLD_SIZE 2, got 2$"):
+        extract(TEXT, folder=folder, progress=False)
+    monkeypatch.delenv("RANK")
+    with pytest.raises(ValueError, match="WORLD_SIZE is set but RANK is not"):
+        extract(TEXT, folder=folder, progress=False)
+
+
+def test_auto_device_takes_the_local_rank_s_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [resolve_device("auto", rank) for rank in (None, 0, 3, 5)] == ["cuda", "cuda:0", "cuda:3", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", 3) == "cuda"  # one GPU visible (e.g. srun --gpus-per-task 1): it is this one
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--num_parts", "2", "--part", "2"], "error: --part must be in 0..1 with --num_parts 2, got 2"),
+        (["--num_parts", "0", "--part", "0"], "error: --num_parts must be >= 1, got 0"),
+        (["--part", "1"], "error: give --num_parts N and --part I together, or neither"),
+        (["--merge", "true", "--part", "1", "--num_parts", "2"], "error: --merge true joins every part file found"),
+    ],
+)
+def test_bad_parts_are_refused_in_one_line(folder: Path, arguments: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "--folder", str(folder), "--latent", TEXT_SPEC, *arguments])
+    assert str(stop.value).startswith(message) and "\n" not in str(stop.value)
+    assert not (folder / "latents").exists()  # refused before anything was written
+
+
+def test_merge_refuses_missing_and_doubled_images_and_other_splits(folder: Path) -> None:
+    names = file_names(folder)
+    extract(TEXT, folder=folder, num_parts=2, part=0, progress=False)
+    with pytest.raises(ExtractionError, match=rf"^cannot merge the 2 parts of text in .*: 10 images missing \('{names[1]}', "
+                                              rf"'{names[3]}', '{names[5]}', \.\.\.\), of parts 1: run them \(again\)$"):
+        extract(TEXT, folder=folder, merge=True, progress=False)
+    assert not (folder / "latents/text.jsonl").exists()  # nothing changed
+    with pytest.raises(ValueError, match=r"holds text\.part-I-of-2\.jsonl files of a run split in 2, and this run is split in 3"):
+        extract(TEXT, folder=folder, num_parts=3, part=0, progress=False)
+
+    part1 = extract(TEXT, folder=folder, num_parts=2, part=1, progress=False)
+    part0 = folder / "latents/text.part-0-of-2.jsonl"
+    with part1.open("a") as file:  # an image of part 0 also in part 1
+        file.write(part0.read_text().splitlines()[2] + "\n")
+    with pytest.raises(ExtractionError, match=rf"1 images extracted twice \('{names[4]}' in text\.part-0-of-2\.jsonl and text\.part-1-of-2\.jsonl\)$"):
+        extract(TEXT, folder=folder, merge=True, progress=False)
+    part1.write_text("".join(line + "\n" for line in part1.read_text().splitlines()[:-1]))
+
+    # a merge cut short after writing the sidecar (the parts still there) is simply run again
+    (folder / "latents/text.jsonl").write_text(part0.read_text())
+    extract(TEXT, folder=folder, merge=True, progress=False)
+    assert [r["id"] for r in lines(folder / "latents/text.jsonl")] == names
+
+
+def test_failures_are_counted_and_named_per_part_and_merged(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = file_names(folder)
+    original = (folder / names[3]).read_bytes()
+    (folder / names[3]).write_bytes(b"not a png at all")  # position 3: part 1
+    for index in (0, 1):
+        extract(TEXT, folder=folder, num_parts=2, part=index, on_error="skip", num_workers=1, progress=False)
+    out = capsys.readouterr().out
+    assert f"text part 1 of 2: extracted 9, skipped 1 (unreadable image: 1; see {folder / 'latents/text.part-1-of-2.errors.jsonl'})" in out
+    assert f"\n  '{names[3]}': unreadable image: cannot read image" in out
+    extract(TEXT, folder=folder, merge=True, progress=False)
+    out = capsys.readouterr().out
+    assert "text: merged 2 parts: 19 latents, 1 failed (unreadable image: 1; see" in out and f"\n  '{names[3]}': unreadable image" in out
+    assert [(e["id"], e["kind"]) for e in lines(folder / "latents/text.errors.jsonl")] == [(names[3], "unreadable image")]
+    assert sorted(p.name for p in (folder / "latents").iterdir()) == ["text.errors.jsonl", "text.jsonl"]
+    (folder / names[3]).write_bytes(original)  # fixed: a plain run retries it and clears the log
+    extract(TEXT, folder=folder, progress=False)
+    assert [r["id"] for r in lines(folder / "latents/text.jsonl")] == [n for n in names if n != names[3]] + [names[3]]
+    assert not (folder / "latents/text.errors.jsonl").exists()
