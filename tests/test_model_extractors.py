@@ -156,6 +156,14 @@ def test_sam_extractor_turns_detector_boxes_into_blobs(detector_dir: Path, sam_d
         assert sorted(b.phrase for b in found) == sorted(b.phrase for b in source)
 
 
+def test_extract_s_device_moves_the_models(detector_dir: Path, sam_dir: Path) -> None:
+    """`extract --device` (cuda:LOCAL_RANK under torchrun) calls `.to`: SAM and its detector both move."""
+    boxes = DetectorBoxExtractor(str(detector_dir))
+    extractor = SamBlobExtractor(str(sam_dir), boxes)
+    assert extractor.to("meta") is extractor and extractor.device == boxes.device == "meta"
+    assert {p.device.type for p in [*extractor.model.parameters(), *boxes.model.parameters()]} == {"meta"}
+
+
 def test_sam_extractor_with_analytic_boxes(sam_dir: Path, images: tuple) -> None:
     boxes = box_extractor(BoxLatent(grid=1000))  # the shapes data set's analytic boxes
     latents = SamBlobExtractor(str(sam_dir), boxes, order="given")(*images)

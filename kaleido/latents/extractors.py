@@ -33,7 +33,20 @@ def _local_dir(path: str, what: str) -> Path:
     return directory
 
 
-class CaptionerTextExtractor(Extractor):
+class _ModelExtractor(Extractor):
+    """A model-backed extractor: ``extract --device`` moves its model, so one process per GPU (torchrun's
+    ``LOCAL_RANK``) needs no ``device`` argument of its own."""
+
+    model: torch.nn.Module
+    device: str
+
+    def to(self, device: str) -> _ModelExtractor:
+        self.model.to(device)
+        self.device = device
+        return self
+
+
+class CaptionerTextExtractor(_ModelExtractor):
     """Descriptions for the ``text`` latent from an image-to-text model, prompted with the condition.
 
     The prompt (``prompt`` with the image's condition filled in) is the start of the caption and the
@@ -58,7 +71,7 @@ class CaptionerTextExtractor(Extractor):
         max_new_tokens: the longest continuation.
         num_beams: beam width (1: greedy); decoding is deterministic either way.
         batch_size: images per ``generate`` call.
-        device: where the model runs.
+        device: where the model runs (`extract --device` moves it).
     """
 
     def __init__(
@@ -156,7 +169,7 @@ class BoxSource(Protocol):
     def __call__(self, images: Tensor, conditions: Sequence[str]) -> list[list[GroundedBox]]: ...
 
 
-class DetectorBoxExtractor(Extractor):
+class DetectorBoxExtractor(_ModelExtractor):
     """Boxes from a closed-vocabulary object detector (DETR-style ``AutoModelForObjectDetection``).
 
     The phrase is the detected class name (``model.config.id2label``), cleaned into a valid phrase.
@@ -167,7 +180,7 @@ class DetectorBoxExtractor(Extractor):
         labels: class names to keep (``None``: all); an unknown name is an error.
         threshold: keep detections whose score is above this.
         grid / max_objects / order: those of the :class:`~kaleido.latents.box.BoxLatent` produced.
-        device: where the detector runs.
+        device: where the detector runs (`extract --device` moves it).
     """
 
     def __init__(
@@ -230,7 +243,7 @@ class DetectorBoxExtractor(Extractor):
         ]
 
 
-class SamBlobExtractor(Extractor):
+class SamBlobExtractor(_ModelExtractor):
     """Blobs the paper's way: each box of ``box_extractor`` prompts SAM, the mask becomes an ellipse.
 
     The ellipse is the mask's second-moment fit (:func:`~kaleido.latents.masks.ellipse_from_mask`);
@@ -243,7 +256,7 @@ class SamBlobExtractor(Extractor):
             :class:`DetectorBoxExtractor`, :class:`kaleido.shapes.latents.ShapesBoxExtractor`).
         grid / max_objects / order: those of the :class:`~kaleido.latents.blob.BlobLatent` produced.
         isotropy_tolerance: axes closer than this fraction become a circle with ``theta = 0``.
-        device: where SAM runs.
+        device: where SAM runs, and its box extractor (`extract --device` moves both).
     """
 
     def __init__(
@@ -268,6 +281,12 @@ class SamBlobExtractor(Extractor):
         self.box_extractor = box_extractor
         self.isotropy_tolerance, self.grid, self.device = isotropy_tolerance, grid, device
         self.latent = BlobLatent(grid, max_objects, order)
+
+    def to(self, device: str) -> SamBlobExtractor:
+        if isinstance(self.box_extractor, Extractor):  # its boxes are read on the same device
+            self.box_extractor.to(device)
+        super().to(device)
+        return self
 
     @torch.no_grad()
     def masks(self, image: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
