@@ -205,7 +205,8 @@ class _Decode(Dataset[Decoded]):
 
 def _decoded_batches(items: Sequence[SourceItem], batch_size: int, num_workers: int) -> Iterator[list[DecodedItem]]:
     """``items`` in order and in batches, decoded; a batch is a list, as folder images may differ in size."""
-    loader = DataLoader(_Decode(items), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    workers = min(num_workers, len(items))  # none started for a run with nothing left to do
+    loader = DataLoader(_Decode(items), batch_size=batch_size, num_workers=workers, collate_fn=list)
     for batch in loader:
         yield [(items[index], image, condition, unreadable) for index, image, condition, unreadable in batch]
 
@@ -515,11 +516,11 @@ def extract(
     considered = items if limit is None else items[:limit]
     if merge:  # no extractor: a model-backed one would load for nothing
         return merge_parts(latent_type, considered, directory)
+    _refuse_another_split(directory, latent_type, share)  # before a model loads
     if extractor is None:
         extractor = data_extractor(data, latent_type) or _builtin_extractor(latent_type)
     extractor = extractor.to(device)
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_another_split(directory, latent_type, share)
     return _extract_share(latent_type, extractor, considered, directory, share, batch_size, num_workers, on_error, progress)
 
 
