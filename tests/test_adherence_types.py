@@ -186,8 +186,9 @@ def test_ground_truth_text_scores_one_and_chance_is_far_below(shapes32: tuple) -
     assert implements(text, "adherence") and not implements(text, "decode")
     score = type_adherence(text, images, [describe(s) for s in scenes], ShapesTextExtractor(), conditions)
     flat = score.flat()
-    assert set(flat) == {"objects", "exact", "unparsed", "chance_objects", "chance_exact"}  # no ceiling: no decode
-    assert flat["objects"] >= 0.98 and flat["exact"] >= 0.95 and flat["unparsed"] == 0.0, flat
+    # no ceiling: no decode
+    assert set(flat) == {"objects", "exact", "colours", "unparsed", "chance_objects", "chance_exact", "chance_colours"}
+    assert flat["objects"] >= 0.98 and flat["exact"] >= 0.95 and flat["colours"] >= flat["objects"] and flat["unparsed"] == 0.0, flat
     # A described object (one of 3 shapes × 6 colours) is in an unrelated scene of 1-3 objects about 1
     # time in 9; all of a description's objects much more rarely.
     assert flat["chance_objects"] < 0.3 and flat["chance_objects"] < flat["objects"] - 0.6, flat
@@ -207,7 +208,8 @@ def test_chance_of_well_drawn_text_samples_is_below_the_score() -> None:
     flat = type_adherence(
         ShapesTextLatent(), images, [describe(s) for s in scenes], ShapesTextExtractor(), conditions
     ).flat()
-    assert flat["objects"] == flat["exact"] == 1.0 and flat["chance_objects"] == flat["chance_exact"] == 0.0, flat
+    assert flat["objects"] == flat["exact"] == flat["colours"] == 1.0 and flat["chance_objects"] == flat["chance_exact"] == 0.0, flat
+    assert flat["chance_colours"] == 0.0, flat  # six distinct colours: the next sample's never matches
     # Two objects per sample, the second one shared by all: chance finds the shared object but not the other.
     shared = ShapeObject("circle", "red", "small", 0.2, 0.2, 0.14)
     pairs = [
@@ -224,19 +226,35 @@ def test_chance_of_well_drawn_text_samples_is_below_the_score() -> None:
 def test_text_adherence_reads_a_sample_that_shows_nothing() -> None:
     text = ShapesTextLatent()
     nothing = describe(Scene((), "black"))  # what the reader writes for an empty image
-    assert text.adherence("a red circle", nothing) == {"objects": 0.0, "exact": 0.0}
+    assert text.adherence("a red circle", nothing) == {"objects": 0.0, "exact": 0.0, "colours": 0.0}
     assert text.adherence("a red circle", "a red circle, a blue square, on a gray background") == {
         "objects": 1.0,
         "exact": 0.0,
+        "colours": 1.0,
     }
     assert text.adherence("a red circle and a blue square", "a blue square, a red circle") == {
         "objects": 1.0,
         "exact": 1.0,
+        "colours": 1.0,
     }
     blank = torch.from_numpy(render(Scene((), "gray"), 32)).permute(2, 0, 1)[None].float() / 127.5 - 1
     score = type_adherence(text, blank, ["a red circle"], ShapesTextExtractor(), ["a circle"])
-    assert score.scores == {"objects": 0.0, "exact": 0.0} and score.count == 1
-    assert set(score.chance) == {"objects", "exact"} and all(math.isnan(v) for v in score.chance.values())  # undefined
+    assert score.scores == {"objects": 0.0, "exact": 0.0, "colours": 0.0} and score.count == 1
+    assert set(score.chance) == {"objects", "exact", "colours"} and all(math.isnan(v) for v in score.chance.values())  # undefined
+
+
+def test_text_adherence_colours_counts_the_colours_shape_aside() -> None:
+    """``colours``: every described object's colour on its own parsed object, whatever its shape."""
+    text = ShapesTextLatent()
+    # the right colour on the wrong shape: the colour is followed, the object is not
+    assert text.adherence("a red circle", "a red square") == {"objects": 0.0, "exact": 0.0, "colours": 1.0}
+    # the right shape in the wrong colour
+    assert text.adherence("a red circle", "a blue circle")["colours"] == 0.0
+    # two described objects of one colour need two parsed objects of that colour
+    assert text.adherence("a red circle and a red square", "a red triangle")["colours"] == 0.0
+    assert text.adherence("a red circle and a red square", "a red triangle, a red circle")["colours"] == 1.0
+    # an extra object is allowed, as for objects
+    assert text.adherence("a green triangle", "a blue circle, a green square")["colours"] == 1.0
 
 
 # -- visual tokens ------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_log_samples_draws_the_latents_and_measures_each_type(tmp_path: Path) ->
     logger.experiment.flush()
     # every latent type's measures, each a share or a mean IoU in [0, 1], also when an untrained prior's
     # z never parses (each measure then scores 0, beside an unparsed share of 1)
-    for name, measures in (("text", ("objects", "exact")), ("box", ("iou", "iou_exact", "phrases", "empty"))):
+    for name, measures in (("text", ("objects", "exact", "colours")), ("box", ("iou", "iou_exact", "phrases", "empty"))):
         assert {f"val/adherence/{name}/{m}" for m in (*measures, "unparsed")} <= set(logged), logged
     assert "val/adherence/box/iou" in logged
     for key, value in logged.items():  # a chance_ reference is NaN when fewer than two z parse

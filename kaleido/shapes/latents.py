@@ -30,7 +30,8 @@ class ShapesTextLatent(TextLatent):
     accepted words instead of producing an unseen prompt. Its extractor is the analytic parser.
 
     Adherence: ``objects``, the sample shows every described object with its shape and colour (extra
-    objects allowed); ``exact``, the same and no extra objects.
+    objects allowed); ``exact``, the same and no extra objects; ``colours``, the sample shows every
+    described object's colour, shape aside (each on its own parsed object, extra objects allowed).
     """
 
     def parse(self, text: str) -> str:
@@ -49,7 +50,14 @@ class ShapesTextLatent(TextLatent):
         seen = parse_description(found, allow_empty=True).objects  # a sample may show nothing at all
         matches = match_objects(expected, seen)
         every = all(j is not None for j in matches)
-        return {"objects": float(every), "exact": float(every and len(seen) == len(matches))}
+        free = [o.color for o in seen]
+        coloured = True
+        for obj in expected:  # equal labels only, so a greedy assignment is a maximum matching
+            if obj.color in free:
+                free.remove(obj.color)
+            else:
+                coloured = False
+        return {"objects": float(every), "exact": float(every and len(seen) == len(matches)), "colours": float(coloured)}
 
 
 class ShapesTextExtractor(Extractor):
