@@ -17,14 +17,11 @@ after, joins the parts into the sidecar in the source order. See ``docs/scale.md
 from __future__ import annotations
 
 import json
-import os
-import warnings
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -35,41 +32,26 @@ from tqdm import tqdm
 from kaleido.data.contract import build_datamodule, data_extractor, require_data
 from kaleido.data.folder_format import (
     LATENTS_DIR,
-    PART_FILE,
     UnreadableImageError,
     errors_path,
     load_image,
-    part_path,
     read_metadata,
     read_sidecar,
     sidecar_path,
 )
 from kaleido.devices import resolve_device
+from kaleido.extract_parts import Part, env_int, merge_parts, refuse_another_split, resolve_part
+from kaleido.extract_records import (
+    ExtractionError,
+    Failure,
+    ItemId,
+    SourceItem,
+    append_records,
+    failure_report,
+    prepare_errors,
+    prepare_sidecar,
+)
 from kaleido.latents import Extractor, LatentType, build_latent_type
-
-ItemId = str | int
-FIRST_FAILURES = 3  # failures named, with their reasons, under a summary line
-
-
-class ExtractionError(ValueError):
-    """Extraction cannot go on: names the image and what went wrong."""
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One image to extract from: its sidecar id, how messages name it, and how to load it."""
-
-    id: ItemId
-    name: str
-    load: Callable[[], tuple[Tensor, str]]  # → (image [3, H, W] in [-1, 1], condition)
-    metadata: Mapping[str, Any] = field(default_factory=dict)  # a folder's metadata.jsonl fields
-
-
-@dataclass(frozen=True)
-class Failure:
-    item: SourceItem
-    kind: str  # "unreadable image" | "extractor error" | "invalid latent"
-    reason: str
 
 
 # -- data sources ----------------------------------------------------------------------------------
@@ -106,77 +88,9 @@ def _item_id(dataset: Any, index: int) -> ItemId:
     return item_id if isinstance(item_id, str) else int(item_id)
 
 
-# -- the sidecar and the error log -----------------------------------------------------------------
-def _prepare_sidecar(path: Path) -> set[ItemId]:
-    """The ids already extracted; drops a last line cut short by an interruption (so it is redone)."""
-    sidecar = read_sidecar(path)
-    if sidecar.partial is not None:
-        warnings.warn(
-            f"{path}: dropping an unterminated last line, a write cut short by an interruption "
-            f"({sidecar.partial[:80]!r}); that image is extracted again",
-            stacklevel=3,
-        )
-        with open(path, "r+b") as file:
-            file.truncate(sidecar.good_bytes)
-    elif sidecar.needs_newline:  # complete but hand-edited without the final newline: appending must not glue lines
-        with open(path, "a", encoding="utf-8") as file:
-            file.write("\n")
-    return set(sidecar.latents)
-
-
-def _error_records(path: Path) -> list[dict[str, Any]]:
-    """The failures logged in an errors file, ``{"id", "kind", "error"}`` each (none if there is no file)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a log, not data: an unreadable line is simply dropped
-        if isinstance(record, dict) and isinstance(record.get("id"), (str, int)):
-            records.append(record)
-    return records
-
-
-def _prepare_errors(path: Path, retried: set[ItemId]) -> None:
-    """Keep the logged failures of images this run does not retry; the retried ones log afresh."""
-    if path.exists():
-        _write_atomically(path, [record for record in _error_records(path) if record["id"] not in retried])
-
-
-def _append(file: IO[str], records: Sequence[dict[str, Any]]) -> None:
-    """One write per batch, then flush and fsync: a crash leaves whole lines, plus at most one partial."""
-    if records:
-        file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _write_atomically(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Write beside, then replace: a reader or a crash sees the old file or the new one, never half of one.
-    The temporary name is this process's own, so two writers at once cannot interleave their lines."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        _append(file, records)
-    os.replace(temporary, path)
-
-
 def _reason(error: BaseException) -> str:
     # load_image's own message already names the file and the cause
     return str(error) if isinstance(error, UnreadableImageError) else f"{type(error).__name__}: {error}"
-
-
-def failure_report(failures: Sequence[Failure], log: Path) -> tuple[str, str]:
-    """For a summary line: `` (kind: n, ...; see LOG)``, and the first few failures with their reasons
-    (one indented line each) to print under it; empty strings when nothing failed."""
-    if not failures:
-        return "", ""
-    kinds = Counter(failure.kind for failure in failures)
-    counts = f" ({', '.join(f'{kind}: {n}' for kind, n in sorted(kinds.items()))}; see {log})"
-    first = "".join(f"\n  {f.item.name}: {f.kind}: {f.reason[:200]}" for f in failures[:FIRST_FAILURES])
-    more = f"\n  ... and {len(failures) - FIRST_FAILURES} more" if len(failures) > FIRST_FAILURES else ""
-    return counts, first + more
 
 
 # -- decoding, in loader workers -------------------------------------------------------------------
@@ -287,141 +201,6 @@ def _builtin_extractor(latent_type: LatentType) -> Extractor:
         ) from None
 
 
-# -- parts: one process's share --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Part:
-    """The items at positions ≡ ``index`` (mod ``count``) of the source order. Strided, not contiguous
-    ranges: a part keeps its items when images are appended to the data set (ranges would shift, and a
-    resumed part would redo another's), and a source sorted by class or size costs every part alike."""
-
-    index: int = 0
-    count: int = 1
-
-    def of(self, items: Sequence[SourceItem]) -> Sequence[SourceItem]:
-        return items[self.index :: self.count]
-
-    def path(self, directory: Path, latent_type: LatentType) -> Path:
-        """The whole run writes the sidecar itself; a part, its own part file."""
-        if self.count == 1:
-            return sidecar_path(directory, latent_type)
-        return part_path(directory, latent_type, self.index, self.count)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a whole number") from None
-
-
-def resolve_part(num_parts: int | None, part: int | None) -> Part:
-    """``--num_parts`` and ``--part``, else the launcher's ``WORLD_SIZE`` and ``RANK`` (torchrun, Lightning),
-    else the whole data set; a value out of range is refused in one line naming where it came from."""
-    if (num_parts is None) != (part is None):
-        raise ValueError("give --num_parts N and --part I together, or neither (under torchrun they come from WORLD_SIZE and RANK)")
-    names = "--num_parts", "--part"
-    if num_parts is None:
-        names = "WORLD_SIZE", "RANK"
-        num_parts, part = _env_int("WORLD_SIZE"), _env_int("RANK")
-        if num_parts is None:
-            return Part()
-        if part is None:
-            raise ValueError("WORLD_SIZE is set but RANK is not: set both, or pass --num_parts N --part I")
-    assert part is not None
-    if num_parts < 1:
-        raise ValueError(f"{names[0]} must be >= 1, got {num_parts}")
-    if not 0 <= part < num_parts:
-        raise ValueError(f"{names[1]} must be in 0..{num_parts - 1} with {names[0]} {num_parts}, got {part}")
-    return Part(part, num_parts)
-
-
-def _split_counts(directory: Path, latent_type: LatentType) -> set[int]:
-    """The N of the type's part files ``<type>.part-I-of-N.jsonl`` in ``directory``."""
-    found = (PART_FILE.fullmatch(path.name) for path in directory.glob("*.part-*-of-*.jsonl"))
-    return {int(match["count"]) for match in found if match is not None and match["type"] == latent_type.name}
-
-
-def _refuse_another_split(directory: Path, latent_type: LatentType, part: Part) -> None:
-    """Parts of another N hold other processes' shares of the same items: one split at a time."""
-    others = sorted(_split_counts(directory, latent_type) - {part.count})
-    if others:
-        this = "is not split" if part.count == 1 else f"is split in {part.count}"
-        raise ValueError(
-            f"{directory} holds {latent_type.name}.part-I-of-{others[0]}.jsonl files of a run split in {others[0]}, and this "
-            f"run {this}: finish that run and merge it (--merge true), or delete its part files"
-        )
-
-
-# -- merging the parts -----------------------------------------------------------------------------
-def _first(names: Sequence[str]) -> str:
-    return ", ".join(names[:FIRST_FAILURES]) + (", ..." if len(names) > FIRST_FAILURES else "")
-
-
-def merge_parts(latent_type: LatentType, items: Sequence[SourceItem], directory: Path) -> Path:
-    """Join the part files of ``latent_type`` in ``directory`` into its sidecar, in the order of ``items``.
-
-    The sidecar's own lines (a run before the split) are kept. Refused, with nothing changed, unless every
-    item is extracted or logged as failed, and only once (a part still running or interrupted leaves items
-    missing). The sidecar and its errors log are replaced atomically, and only then are the parts removed;
-    a merge interrupted between the two is simply run again (a part's line that the sidecar already holds
-    with the same text is that line, not a duplicate)."""
-    name, path = latent_type.name, sidecar_path(directory, latent_type)
-    counts = _split_counts(directory, latent_type)
-    if len(counts) > 1:
-        splits = " and ".join(map(str, sorted(counts)))
-        raise ValueError(f"{directory} holds {name} parts of runs split in {splits}: keep one run's part files")
-    if not counts:
-        if not path.exists():
-            raise ValueError(f"nothing to merge: no {name}.part-I-of-N.jsonl in {directory} (extract with --num_parts N --part I first)")
-        print(f"{name}: no parts to merge; {path} is as it was")
-        return path
-    count = counts.pop()
-    parts = [part_path(directory, latent_type, index, count) for index in range(count)]
-
-    texts = {item_id: text for item_id, (_, text) in read_sidecar(path).latents.items()}
-    where = dict.fromkeys(texts, path)
-    twice: list[str] = []
-    for part in parts:  # a part that never ran reads as empty: its items are missing
-        for item_id, (_, text) in read_sidecar(part).latents.items():
-            if item_id in where and not (where[item_id] == path and texts[item_id] == text):
-                twice.append(f"{item_id!r} in {where[item_id].name} and {part.name}")
-                continue
-            texts[item_id], where[item_id] = text, part
-    failed = {r["id"]: r for part in parts for r in _error_records(errors_path(part)) if r["id"] not in texts}
-    missing = [(position, item) for position, item in enumerate(items) if item.id not in texts and item.id not in failed]
-    if missing or twice:
-        problems = []
-        if missing:
-            unfinished = ", ".join(str(index) for index in sorted({position % count for position, _ in missing}))
-            names = _first([item.name for _, item in missing])
-            problems.append(f"{len(missing)} images missing ({names}), of parts {unfinished}: run them (again)")
-        if twice:
-            problems.append(f"{len(twice)} images extracted twice ({_first(twice)})")
-        raise ExtractionError(f"cannot merge the {count} parts of {name} in {directory}: {'; '.join(problems)}")
-
-    positions = {item.id: position for position, item in enumerate(items)}
-    order = [item.id for item in items if item.id in texts] + [i for i in texts if i not in positions]  # ids past --limit: kept
-    _write_atomically(path, [{"id": item_id, "latent": texts[item_id]} for item_id in order])
-    log = errors_path(path)
-    kept = [r for r in _error_records(log) if r["id"] not in positions and r["id"] not in texts]  # the parts retried the others
-    logged = sorted(failed.values(), key=lambda record: positions.get(record["id"], len(positions))) + kept
-    if logged:
-        _write_atomically(log, logged)
-    else:
-        log.unlink(missing_ok=True)
-    for part in parts:  # only now: the merged files hold everything the parts held
-        part.unlink(missing_ok=True)
-        errors_path(part).unlink(missing_ok=True)
-
-    failures = [Failure(items[positions[i]], str(r.get("kind")), str(r.get("error"))) for i, r in failed.items() if i in positions]
-    counts_text, details = failure_report(sorted(failures, key=lambda f: positions[f.item.id]), log)
-    print(f"{name}: merged {count} parts: {len(order)} latents, {len(failures)} failed{counts_text} -> {path}{details}")
-    return path
-
-
 # -- the command -----------------------------------------------------------------------------------
 def extract(
     latent: str | dict[str, Any] | LatentType,
@@ -490,10 +269,10 @@ def extract(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if merge and (num_parts is not None or part is not None):
         raise ValueError("--merge true joins every part file found: drop --num_parts and --part")
-    if merge and (_env_int("WORLD_SIZE") or 1) > 1:
+    if merge and (env_int("WORLD_SIZE") or 1) > 1:
         raise ValueError("--merge true runs in one process once every part is done, not under torchrun or srun (WORLD_SIZE > 1)")
     share = Part() if merge else resolve_part(num_parts, part)
-    device = resolve_device(device, _env_int("LOCAL_RANK"))
+    device = resolve_device(device, env_int("LOCAL_RANK"))
     if sum(source is not None for source in (folder, data_config, data)) != 1:
         raise ValueError(
             "name the images with exactly one of --folder DIR (an image folder with metadata.jsonl) "
@@ -516,7 +295,7 @@ def extract(
     considered = items if limit is None else items[:limit]
     if merge:  # no extractor: a model-backed one would load for nothing
         return merge_parts(latent_type, considered, directory)
-    _refuse_another_split(directory, latent_type, share)  # before a model loads
+    refuse_another_split(directory, latent_type, share)  # before a model loads
     if extractor is None:
         extractor = data_extractor(data, latent_type) or _builtin_extractor(latent_type)
     extractor = extractor.to(device)
@@ -538,12 +317,12 @@ def _extract_share(
     """Extract ``share`` of ``items`` into its file (the sidecar, or its part file), skipping what is done."""
     path = share.path(directory, latent_type)
     log = errors_path(path)
-    done = _prepare_sidecar(path)
+    done = prepare_sidecar(path)
     if share.count > 1:  # the sidecar is only read here: every part may be running, and only the merge writes it
         done |= set(read_sidecar(sidecar_path(directory, latent_type)).latents)
     mine = share.of(items)
     todo = [item for item in mine if item.id not in done]
-    _prepare_errors(log, done | {item.id for item in todo})
+    prepare_errors(log, done | {item.id for item in todo})
 
     label = latent_type.name if share.count == 1 else f"{latent_type.name} part {share.index} of {share.count}"
     extracted, failures = 0, list[Failure]()
@@ -551,10 +330,10 @@ def _extract_share(
     with open(path, "a", encoding="utf-8") as sink, bar:
         for batch in _decoded_batches(todo, batch_size, num_workers):
             texts, failed = extract_batch(batch, latent_type, extractor, on_error)
-            _append(sink, [{"id": item.id, "latent": text} for item, text in texts])
+            append_records(sink, [{"id": item.id, "latent": text} for item, text in texts])
             if failed:
                 with open(log, "a", encoding="utf-8") as file:
-                    _append(file, [{"id": f.item.id, "kind": f.kind, "error": f.reason} for f in failed])
+                    append_records(file, [{"id": f.item.id, "kind": f.kind, "error": f.reason} for f in failed])
                 failures += failed
             extracted += len(texts)
             bar.update(len(batch))
