@@ -3,6 +3,7 @@ times, leaves MFU null on a CPU, and a bad flag fails in one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,20 @@ def test_a_bad_flag_is_one_line(config: Path, flags: list[str], words: str) -> N
 def test_a_missing_config_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"^error: no config at .*missing\.yaml$"):
         main(["benchmark", "--config", str(tmp_path / "missing.yaml")])
+
+
+def test_the_table_script_renders_measured_and_failed_runs(result: dict[str, Any], tmp_path: Path) -> None:
+    """benchmarks/benchmark_table.py: one row per (config, mode) from the command's JSON; a failed run is a
+    row that says why, not a missing one."""
+    spec = importlib.util.spec_from_file_location("benchmark_table", ROOT / "benchmarks" / "benchmark_table.py")
+    assert spec is not None and spec.loader is not None
+    table_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_script)
+    (tmp_path / "shapes-tiny_gpu_eager.json").write_text(json.dumps(result))
+    (tmp_path / "shapes-tiny_gpu_compiled.failed").write_text("Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    table = table_script.render(tmp_path).splitlines()
+    compiled, eager = table[2], table[3]
+    step_ms = f"{1000 * result['training']['step_s']:.1f}"
+    assert eager.startswith(f"| shapes-tiny_gpu | eager | {result['settings']['batch_size']} | {step_ms} |")
+    assert compiled.startswith("| shapes-tiny_gpu | compiled | failed: torch.OutOfMemoryError: CUDA out of memory |")
+    assert (tmp_path / "table.md").read_text().startswith("| config | mode |")
