@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -42,6 +43,16 @@ class EMA(WeightAveraging):
         self.decay, self.start_step = decay, start_step
         self._ema = get_ema_multi_avg_fn(decay)
         self._copying = True  # whether this step's update copies the weights (optimiser steps up to start_step)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and isinstance(trainer.strategy, FSDPStrategy):
+            # Lightning's WeightAveraging copies the whole unsharded model on every rank and averages the
+            # module's parameters, which FSDP shards outside its forward: the average would be wrong.
+            raise ValueError(
+                "the EMA callback does not work under FSDP (it would average sharded weights): remove "
+                "kaleido.callbacks.EMA from trainer.callbacks, or train with DDP (docs/scale.md)"
+            )
+        super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         self._copying = trainer.global_step - 1 <= self.start_step  # the index of the step just taken

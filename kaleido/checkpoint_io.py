@@ -21,6 +21,11 @@ def check_checkpoint_file(path: str | Path) -> Path:
     directory at the end of the file is read, not the tensors), so a truncated copy or another kind of
     file named ``.ckpt`` fails by name rather than deep inside ``torch.load``."""
     path = Path(path)
+    if path.is_dir():  # FSDP with state_dict_type="sharded" writes a folder of shards per checkpoint
+        raise ValueError(
+            f"{path} is a folder (an FSDP sharded checkpoint?): consolidate it into one file first, "
+            f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}` (writes {path}.consolidated)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if not zipfile.is_zipfile(path):
