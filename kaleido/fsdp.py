@@ -9,12 +9,13 @@ Mixed precision is the trainer's ``precision`` (``bf16-mixed``: Lightning turns 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
+
+from kaleido.class_paths import import_class
 
 # Repeated blocks of every backbone (UNet, nested UNet, DiT, the conditioning transformer) and of T5.
 WRAP_CLASSES: tuple[str, ...] = (
@@ -28,17 +29,7 @@ WRAP_CLASSES: tuple[str, ...] = (
 
 def module_classes(paths: Sequence[str]) -> set[type[nn.Module]]:
     """Module classes by dotted path, with a one-line error for a path that names none."""
-    classes = set()
-    for path in paths:
-        module_name, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError) as error:
-            raise ValueError(f"FSDP wrap class {path!r} not found: {error}") from None
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"FSDP wrap class {path!r} is not a torch.nn.Module subclass")
-        classes.add(cls)
-    return classes
+    return {import_class(path, nn.Module, "FSDP wrap") for path in paths}
 
 
 class KaleidoFSDP(FSDPStrategy):

@@ -49,7 +49,7 @@ def test_strategy_wraps_denoiser_blocks_and_t5_layers(text_data) -> None:  # typ
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
     units = [name for name, m in model.named_modules() if isinstance(m, tuple(policy._module_classes))]
     assert any(n.startswith("denoiser.") for n in units) and any(n.startswith("prior.t5.") for n in units), units
-    with pytest.raises(ValueError, match="FSDP wrap class 'kaleido.nn.Nope' not found"):
+    with pytest.raises(ValueError, match="cannot import FSDP wrap class_path 'kaleido.nn.Nope'"):
         module_classes(["kaleido.nn.Nope"])
 
 
