@@ -43,8 +43,7 @@ def row(result: dict[str, Any], name: str, mode: str) -> list[str]:
 def render(output: Path) -> str:
     """``table.md`` from every ``<folder>-<stem>_<mode>.json`` (and ``.failed``) in ``output``, configs in name order."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    runs = sorted({(path.stem.rsplit("_", 1)[0], path.stem.rsplit("_", 1)[1]) for path in output.glob("*_*.json")} |
-                  {(path.stem.rsplit("_", 1)[0], path.stem.rsplit("_", 1)[1]) for path in output.glob("*_*.failed")})
+    runs = sorted({tuple(path.stem.rsplit("_", 1)) for path in [*output.glob("*_*.json"), *output.glob("*_*.failed")]})
     device = ""
     for name, mode in runs:
         path = output / f"{name}_{mode}.json"

@@ -8,6 +8,7 @@ each type it can read (the data contract, ``docs/data.md``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,13 +51,8 @@ class ShapesTextLatent(TextLatent):
         seen = parse_description(found, allow_empty=True).objects  # a sample may show nothing at all
         matches = match_objects(expected, seen)
         every = all(j is not None for j in matches)
-        free = [o.color for o in seen]
-        coloured = True
-        for obj in expected:  # equal labels only, so a greedy assignment is a maximum matching
-            if obj.color in free:
-                free.remove(obj.color)
-            else:
-                coloured = False
+        # every described colour on an object of its own: the multiset of colours is covered
+        coloured = not Counter(o.color for o in expected) - Counter(o.color for o in seen)
         return {"objects": float(every), "exact": float(every and len(seen) == len(matches)), "colours": float(coloured)}
 
 
