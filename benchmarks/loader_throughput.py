@@ -11,6 +11,7 @@ first reads) are not timed.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -34,11 +35,17 @@ def images_per_second(loader: Iterable[Any], batches: int, warmup: int = 3) -> f
     return count / (time.perf_counter() - start)
 
 
+def latent_spec(text: str) -> str | dict[str, Any]:
+    """A registered name as it is; a JSON object (``{"class_path": ...}``) as the spec it writes."""
+    return json.loads(text) if text.lstrip().startswith("{") else text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", required=True)
     parser.add_argument("--shards", required=True)
-    parser.add_argument("--latents", nargs="*", default=[], help="registered latent type names (default none)")
+    parser.add_argument("--latents", nargs="*", default=[], type=latent_spec,
+                        help="latent types, each a registered name or a class_path spec as JSON (default none)")
     parser.add_argument("--val_fraction", type=float, default=0.01, help="the one the shards were written with")
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--batch_size", type=int, default=64)

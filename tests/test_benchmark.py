@@ -34,7 +34,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def result(config: Path, single_thread: None) -> dict[str, Any]:  # noqa: ARG001
     output = config.parent / "out" / "benchmark.json"
-    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--output", str(output)])
+    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--profile_steps", "2", "--output", str(output)])
     return json.loads(output.read_text())
 
 
@@ -53,6 +53,35 @@ def test_the_command_reports_every_measure(result: dict[str, Any]) -> None:
     for measures in sampling["samplers"].values():
         assert measures["images_per_s"] > 0 and measures["step_over_raw_forward"] >= 0
     assert "training step" in format_table(result) and "ddpm CFG" in format_table(result)
+
+
+def test_the_profile_says_where_the_step_goes(result: dict[str, Any]) -> None:
+    profile = result["training"]["profile"]
+    assert profile["steps"] == 2 and profile["unit"] == "CPU operators"
+    assert profile["kernels_per_step"] > 100 and profile["mean_kernel_us"] > 0
+    assert 0 < profile["busy_s_per_step"] and 0 < profile["busy_share"] <= 1.05  # self times tile a CPU step
+    assert sum(profile["by_category"].values()) == pytest.approx(1.0)
+    assert profile["by_category"]["convolution"] > 0 and profile["by_category"]["matmul"] > 0
+    top = [entry["us_per_step"] for entry in profile["top"]]
+    assert top == sorted(top, reverse=True) and len(top) == 12
+    assert "device busy" in format_table(result)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution"),  # cuDNN: a GEMM in name only
+        ("triton_red_fused_native_group_norm_silu_3", "normalisation"),
+        ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
+        ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNN", "matmul"),
+        ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdam>", "optimizer"),
+        ("triton_poi_fused_add_mul_silu_7", "elementwise and other"),
+    ],
+)
+def test_kernels_are_grouped_by_what_they_do(name: str, expected: str) -> None:
+    from kaleido.benchmark.profile import category
+
+    assert category(name) == expected
 
 
 def test_mfu_is_null_on_a_cpu_and_says_why(result: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from kaleido.__about__ import __version__
 from kaleido.benchmark.peaks import peak
+from kaleido.benchmark.profile import format_profile
 from kaleido.benchmark.sampling import measure_sampling
 from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
 from kaleido.cli import KaleidoCLI
@@ -66,6 +67,7 @@ def benchmark(
     peak_tflops: float | None = None,
     sample_steps: int | None = None,
     cfg_scale: float | None = None,
+    profile_steps: int = 0,
     output: Path = Path("benchmark.json"),
 ) -> dict[str, Any]:
     """Measure a training config: the training step (images/s, FLOPs, MFU, where the time goes), the
@@ -83,9 +85,12 @@ def benchmark(
         peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU).
         sample_steps: sampler steps of the whole-sampler measure (default: the config's sampling.num_steps); >= 2.
         cfg_scale: the guidance scale of the sampling measures, not 1 (default: the config's sampling.cfg_scale).
+        profile_steps: that many more training steps under ``torch.profiler`` (after the timed ones): the device's
+            busy share, kernels per step, busy time by kind of kernel and the longest kernels (0: none).
         output: the JSON written.
     """
-    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("sample_steps", sample_steps, 2)):
+    for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("sample_steps", sample_steps, 2),
+                               ("profile_steps", profile_steps, 0)):
         if value is not None and value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
     if peak_tflops is not None and not peak_tflops > 0:
@@ -118,7 +123,7 @@ def benchmark(
         raise ValueError("the training split holds less than one batch: lower --batch_size")
     model.to(device).train()
     optimizer_step = fit_optimizer_step(model, trainer)
-    training, batch = measure_training(model, loader, optimizer_step, device, autocast, steps, warmup)
+    training, batch = measure_training(model, loader, optimizer_step, device, autocast, steps, warmup, profile_steps)
     batch_size = len(batch["image"])
     flops = count_flops(model, batch, autocast)
     denoiser_only = measure_denoiser_only(model, batch, optimizer_step, device, autocast, steps, warmup)
@@ -132,7 +137,7 @@ def benchmark(
     result = {
         "settings": {
             "config": str(config), "steps": steps, "warmup": warmup, "batch_size": batch_size, "compile": compiling,
-            "precision": precision, "device": device, "sample_steps": sample_steps, "cfg_scale": cfg_scale,
+            "precision": precision, "device": device, "sample_steps": sample_steps, "cfg_scale": cfg_scale, "profile_steps": profile_steps,
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
         },
@@ -177,6 +182,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("  GFLOP per image", f"{train['flops_per_image'] / 1e9:.3g}  ({by_part})  forward + backward"),
         ("  achieved", f"{train['achieved_tflops']:.3g} TFLOP/s   MFU {mfu}  (peak: {s['peak_source']})"),
         ("  shares", "  ".join(f"{part} {share:.0%}" for part, share in train["shares"].items())),
+        *(format_profile(train["profile"]) if train.get("profile") else []),
         ("denoiser-only step", f"{only['step_s'] * 1e3:.1f} ms   {only['images_per_s']:.1f} images/s   "
                                f"step / denoiser-only {only['step_over_denoiser_only']:.2f}"),
         (f"raw forward of 2×{s['batch_size']}", f"{sampling['raw_forward_s'] * 1e3:.1f} ms   {sampling['raw_forward_images_per_s']:.1f} images/s   "

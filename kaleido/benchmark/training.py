@@ -13,6 +13,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from kaleido.benchmark.clock import Clock, seconds_per_call, sync
+from kaleido.benchmark.profile import profile_steps
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
 
 PARTS = ("loader", "conditioning", "denoiser", "optimizer")
@@ -76,9 +77,10 @@ def _endless(loader: Any) -> Iterator[Any]:
 
 def measure_training(
     model: ConditionalDiffusion, loader: Any, optimizer_step: Callable[[], None], device: str,
-    autocast: Callable[[], AbstractContextManager], steps: int, warmup: int,
+    autocast: Callable[[], AbstractContextManager], steps: int, warmup: int, profile: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Seconds per step, the first step apart (it compiles), each part's seconds per step; the last batch."""
+    """Seconds per step, the first step apart (it compiles), each part's seconds per step; the last batch.
+    ``profile`` > 0: that many more steps under the profiler (:func:`profile_steps`), under ``"profile"``."""
     batches = _endless(loader)
     batch: dict[str, Any] = {}
 
@@ -106,13 +108,16 @@ def measure_training(
     sync(device)
     elapsed = time.perf_counter() - start
     parts = clock.seconds()
-    batches.close()  # stops the loader's workers
-    return {
+    measured = {
         "step_s": elapsed / steps,
         "first_step_s": sum(first_parts.values()),
         "first_step_loader_s": first_parts["loader"],
         "part_s": {p: parts.get(p, 0.0) / steps for p in PARTS},
-    }, batch
+    }
+    if profile:
+        measured["profile"] = profile_steps(lambda: step(Clock(device)), profile, device)
+    batches.close()  # stops the loader's workers
+    return measured, batch
 
 
 def measure_denoiser_only(
@@ -173,6 +178,7 @@ def rates(
             "mfu": achieved / peak_tflops if peak_tflops else None,
             "shares": {part: seconds / total for part, seconds in training["part_s"].items()},
             "part_s": training["part_s"],
+            "profile": training.get("profile"),
         },
         "denoiser_only": {
             "step_s": denoiser_only_s,
