@@ -23,6 +23,7 @@ MODES = {"eager": "false", "compiled": "true"}
 COLUMNS = (
     "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU",
     "loader / conditioning / denoiser / optimiser", "step / denoiser-only", "DDPM CFG step / raw forward",
+    "device busy, kernels per step",
 )
 
 
@@ -33,10 +34,12 @@ def row(result: dict[str, Any], name: str, mode: str) -> list[str]:
     mfu = "–" if train["mfu"] is None else f"{100 * train['mfu']:.1f}%"
     ddpm = sampling["samplers"].get("ddpm", {})
     ratio = ddpm.get("step_over_raw_forward")
+    profile = train.get("profile")  # with --profile_steps only
+    busy = "–" if not profile else f"{profile['busy_share']:.0%}, {profile['kernels_per_step']:,.0f}"
     return [
         name, mode, str(result["settings"]["batch_size"]), f"{1000 * train['step_s']:.1f}", f"{train['images_per_s']:,.0f}",
         f"{train['flops_per_image'] / 1e9:.2f}", mfu, shares + " %", f"{result['denoiser_only']['step_over_denoiser_only']:.2f}",
-        "–" if ratio is None else f"{ratio:.2f}",
+        "–" if ratio is None else f"{ratio:.2f}", busy,
     ]
 
 
