@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from lightning.pytorch.strategies import FSDPStrategy
-from torch import nn
+from torch import Tensor, nn
 
 from kaleido.class_paths import import_class
 
@@ -65,3 +65,9 @@ class KaleidoFSDP(FSDPStrategy):
             cpu_offload=cpu_offload,
             **kwargs,
         )
+
+    def clip_grad_norm(self, max_norm: float) -> Tensor:
+        """Clip the gradients to a total norm of ``max_norm`` over every rank's shard: FSDP's own
+        ``clip_grad_norm_`` on the root unit (a collective), which kaleido's modules call for norm clipping
+        (``StrategyClipping``; Lightning's FSDP plugin clips by value only). Returns the norm before clipping."""
+        return self.model.clip_grad_norm_(max_norm)  # type: ignore[union-attr,operator]

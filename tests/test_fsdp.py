@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers.models.t5.modeling_t5 import T5Block
 
@@ -58,6 +59,45 @@ def test_ema_refuses_fsdp_at_setup(text_data) -> None:  # type: ignore[no-untype
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
     with pytest.raises(ValueError, match="EMA callback does not work under FSDP"):
         EMA(decay=0.9).setup(trainer, model, "fit")
+
+
+class ClippingStrategy(SingleDeviceStrategy):
+    """A strategy that clips by its own means, as KaleidoFSDP does: records each call and clips."""
+
+    def __init__(self) -> None:
+        super().__init__(device=torch.device("cpu"))
+        self.clipped: list[float] = []
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        self.clipped.append(max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.lightning_module.parameters(), max_norm)
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_norm_clipping_goes_through_a_strategy_that_clips(text_data, algorithm: str) -> None:  # type: ignore[no-untyped-def]
+    """Lightning's FSDP plugin refuses norm clipping (found on the GPU, 2026-12-03): kaleido's modules hand
+    norm clipping to a strategy with its own ``clip_grad_norm`` (KaleidoFSDP: FSDP's, over every shard);
+    clipping by value stays Lightning's."""
+    strategy = ClippingStrategy()
+    trainer = Trainer(accelerator="cpu", strategy=strategy, max_steps=2, gradient_clip_val=0.5, gradient_clip_algorithm=algorithm,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0)
+    trainer.fit(kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()), datamodule=text_data)
+    assert strategy.clipped == ([0.5, 0.5] if algorithm == "norm" else [])
+
+
+def test_kaleido_fsdp_clips_with_fsdp_s_own_norm() -> None:
+    """KaleidoFSDP.clip_grad_norm calls the root FSDP unit's clip_grad_norm_ (a collective over the shards)."""
+    calls: list[float] = []
+
+    class Root(torch.nn.Module):
+        def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+            calls.append(max_norm)
+            return torch.tensor(3.0)
+
+    strategy = KaleidoFSDP()
+    strategy.model = Root()
+    assert strategy.clip_grad_norm(2.0).item() == 3.0 and calls == [2.0]
 
 
 def _lightning_checkpoint(model: kaleido.Kaleido) -> dict:

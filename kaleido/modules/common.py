@@ -27,6 +27,22 @@ def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSett
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+class StrategyClipping:
+    """Gradient clipping by norm through the strategy, where the strategy clips by its own means (a
+    ``clip_grad_norm(max_norm)`` method: FSDP's norm over every rank's shard, ``kaleido.fsdp.KaleidoFSDP``);
+    Lightning's own clipping otherwise. Lightning's FSDP precision plugin refuses norm clipping
+    (Lightning-AI/pytorch-lightning#19235), and the paper clips by norm. Mixed into kaleido's modules."""
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        clip_norm = getattr(self.trainer.strategy, "clip_grad_norm", None)  # type: ignore[attr-defined]
+        if gradient_clip_val and clip_norm is not None and gradient_clip_algorithm in (None, "norm"):
+            clip_norm(float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]
+
+
 def log_options(stage: str, batch_size: int) -> dict[str, Any]:
     """``self.log`` options: per step in training; per epoch elsewhere, averaged over every rank's share
     of the data (DDP: without ``sync_dist`` only rank 0's share would be logged)."""
