@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from kaleido.checkpoint_io import check_checkpoint_file
+from kaleido.progress import use_kaleido_progress_bar
 from kaleido.resume import resolve_resume
 
 
@@ -17,6 +20,16 @@ class KaleidoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer", apply_on="instantiate")
         parser.link_arguments("data.image_size", "model.init_args.image_size", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, with kaleido's progress bar in place of the default one (no host sync per
+        step: :mod:`kaleido.progress`)."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configured = config.get("trainer", {}).get("callbacks") or []
+        configured = list(configured) if isinstance(configured, list) else [configured]  # the Trainer extends that list
+        trainer = super().instantiate_trainer(**kwargs)
+        use_kaleido_progress_bar(trainer, configured)
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Build the model from the config, never from the hyperparameters stored in ``--ckpt_path``.
