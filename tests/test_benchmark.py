@@ -34,7 +34,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def result(config: Path, single_thread: None) -> dict[str, Any]:  # noqa: ARG001
     output = config.parent / "out" / "benchmark.json"
-    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--profile_steps", "2", "--output", str(output)])
+    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--profile_steps", "2", "--fit_steps", "2", "--output", str(output)])
     return json.loads(output.read_text())
 
 
@@ -65,6 +65,14 @@ def test_the_profile_says_where_the_step_goes(result: dict[str, Any]) -> None:
     top = [entry["us_per_step"] for entry in profile["top"]]
     assert top == sorted(top, reverse=True) and len(top) == 12
     assert "device busy" in format_table(result)
+
+
+def test_fit_runs_the_config_s_trainer_beside_the_bare_step(result: dict[str, Any]) -> None:
+    fit = result["fit"]
+    assert fit["steps"] == 2 and fit["warmup"] == 1 and fit["step_s"] > 0
+    assert fit["images_per_s"] == pytest.approx(result["settings"]["batch_size"] / fit["step_s"])
+    assert fit["over_training_step"] == pytest.approx(fit["step_s"] / result["training"]["step_s"])
+    assert "Trainer.fit step" in format_table(result)
 
 
 @pytest.mark.parametrize(

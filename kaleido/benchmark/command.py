@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from kaleido.__about__ import __version__
+from kaleido.benchmark.fit import measure_fit
 from kaleido.benchmark.peaks import peak
 from kaleido.benchmark.profile import format_profile
 from kaleido.benchmark.sampling import measure_sampling
@@ -34,6 +35,12 @@ class _ModelAndData(KaleidoCLI):
 
 def build(config: Path, overrides: list[str]) -> tuple[ConditionalDiffusion, LightningDataModule, Any]:
     """The model, the data module and the ``trainer`` section of a training config, as ``fit`` builds them."""
+    cli = _parse(config, overrides)
+    return cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
+
+
+def _parse(config: Path, overrides: list[str]) -> _ModelAndData:
+    """fit's parsing of a config: the model and data module built, the Trainer not (yet)."""
     if not config.is_file():
         raise FileNotFoundError(f"no config at {config}")
     with warnings.catch_warnings():  # LightningCLI warns that sys.argv holds more: the benchmark's own flags
@@ -44,7 +51,7 @@ def build(config: Path, overrides: list[str]) -> tuple[ConditionalDiffusion, Lig
         )
     if not isinstance(cli.model, ConditionalDiffusion):
         raise TypeError(f"{config} trains a {type(cli.model).__name__}; the benchmark measures diffusion models (Kaleido, DiffusionModel)")
-    return cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
+    return cli
 
 
 def _precision(given: str | None, trainer_precision: object) -> str:
@@ -68,6 +75,7 @@ def benchmark(
     sample_steps: int | None = None,
     cfg_scale: float | None = None,
     profile_steps: int = 0,
+    fit_steps: int = 0,
     output: Path = Path("benchmark.json"),
 ) -> dict[str, Any]:
     """Measure a training config: the training step (images/s, FLOPs, MFU, where the time goes), the
@@ -87,10 +95,12 @@ def benchmark(
         cfg_scale: the guidance scale of the sampling measures, not 1 (default: the config's sampling.cfg_scale).
         profile_steps: that many more training steps under ``torch.profiler`` (after the timed ones): the device's
             busy share, kernels per step, busy time by kind of kernel and the longest kernels (0: none).
+        fit_steps: that many steps of Lightning's ``Trainer.fit`` on the same model and data (the config's callbacks,
+            logger and progress bar; no validation), timed after ``warmup`` more: what the loop around the step costs (0: none).
         output: the JSON written.
     """
     for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("sample_steps", sample_steps, 2),
-                               ("profile_steps", profile_steps, 0)):
+                               ("profile_steps", profile_steps, 0), ("fit_steps", fit_steps, 0)):
         if value is not None and value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
     if peak_tflops is not None and not peak_tflops > 0:
@@ -100,7 +110,8 @@ def benchmark(
     if compile is not None:
         overrides += ["--model.init_args.compile", str(compile).lower()]
         overrides += ["--data.init_args.pad_to_limits", "true"] if compile else []
-    model, data, trainer = build(config, overrides)
+    cli = _parse(config, overrides)
+    model, data, trainer = cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
     precision = _precision(precision, trainer.get("precision"))  # type: ignore[assignment]
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
     if not math.isfinite(cfg_scale) or cfg_scale < 0 or cfg_scale == 1:
@@ -138,6 +149,7 @@ def benchmark(
         "settings": {
             "config": str(config), "steps": steps, "warmup": warmup, "batch_size": batch_size, "compile": compiling,
             "precision": precision, "device": device, "sample_steps": sample_steps, "cfg_scale": cfg_scale, "profile_steps": profile_steps,
+            "fit_steps": fit_steps,
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
         },
@@ -150,6 +162,9 @@ def benchmark(
         **rates(training, flops, denoiser_only, batch_size, peak_value, compiling),
         "sampling": sampling,
     }
+    if fit_steps:
+        fit = measure_fit(lambda **kw: KaleidoCLI.instantiate_trainer(cli, **kw), model, data, fit_steps, warmup, device, precision)
+        result["fit"] = {**fit, "images_per_s": batch_size / fit["step_s"], "over_training_step": fit["step_s"] / result["training"]["step_s"]}
     print(format_table(result))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
@@ -188,6 +203,10 @@ def format_table(result: dict[str, Any]) -> str:
         (f"raw forward of 2×{s['batch_size']}", f"{sampling['raw_forward_s'] * 1e3:.1f} ms   {sampling['raw_forward_images_per_s']:.1f} images/s   "
                                                f"(first call {sampling['first_forward_s']:.2f} s)"),
     ]
+    if "fit" in result:
+        fit = result["fit"]
+        rows.append(("Trainer.fit step", f"{fit['step_s'] * 1e3:.1f} ms   {fit['images_per_s']:.1f} images/s   "
+                                         f"fit / training step {fit['over_training_step']:.2f}  ({fit['steps']} steps)"))
     for name, m in sampling["samplers"].items():
         rows.append((f"{name} CFG {s['cfg_scale']:g} step", f"{m['step_s'] * 1e3:.1f} ms   step / raw forward {m['step_over_raw_forward']:.2f}   "
                                                            f"{s['sample_steps']} steps: {m['images_per_s']:.2f} images/s"))
