@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-MODES = {"eager": "false", "compiled": "true"}
+MODES = {"eager": "false", "compiled": "true", "cudagraphs": "reduce-overhead"}  # cudagraphs: opt in with --modes
 COLUMNS = (
     "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU",
     "loader / conditioning / denoiser / optimiser", "step / denoiser-only", "DDPM CFG step / raw forward",

@@ -26,6 +26,7 @@ from kaleido.diffusion.guiders import build_guider
 from kaleido.diffusion.samplers import SamplerName
 from kaleido.metrics.adherence import adherence_readers, data_adherence, latent_adherence
 from kaleido.modules.kaleido import Kaleido
+from kaleido.modules.settings import Compile
 from kaleido.viz import samples_grid
 
 
@@ -42,7 +43,7 @@ def adherence(
     data_config: Path | None = None,
     precision: Literal["32", "bf16"] = "32",
     device: str = "auto",
-    compile: bool = False,
+    compile: Compile = False,
     weights: Weights = "averaged",
     data_items: int = 256,
     output: Path = Path("adherence"),
@@ -64,7 +65,7 @@ def adherence(
             the checkpoint. Without either, each type is read by its own extractor.
         precision: "bf16" samples under bfloat16 autocast.
         device: "auto" (CUDA if available), "cpu" or "cuda".
-        compile: ``torch.compile`` the denoiser for sampling.
+        compile: ``torch.compile`` the denoiser for sampling (true, or a mode by name: ``reduce-overhead`` replays it as CUDA graphs).
         weights: "averaged" (the EMA average where the checkpoint keeps one) or "trained".
         data_items: training images read back against their ground-truth latents, where the data set
             has them: each measure's ``data_`` value, what the reader makes of real data (0: skip).

@@ -43,6 +43,7 @@ from kaleido.metrics.report import guider_of, run_name, write_report, write_tabl
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
+from kaleido.modules.settings import Compile
 from kaleido.viz import samples_grid, save_grid
 
 
@@ -82,7 +83,7 @@ def sample_sweep(
     batch_size: int,
     autocast: Any,
     progress: tqdm,
-    compile: bool = False,
+    compile: Compile = False,
     guider: Guider | None = None,
 ) -> tuple[Tensor, list[str] | None]:
     """All samples of one (model, guider, scale), batch by batch; batch ``start`` is seeded by (seed, start)
@@ -225,7 +226,7 @@ def evaluate(
     device: str = "auto",
     precision: Literal["32", "bf16"] = "32",
     num_workers: int = 0,
-    compile: bool = False,
+    compile: Compile = False,
     name: str | None = None,
     weights: Weights = "averaged",
     resume: bool = False,
@@ -262,7 +263,8 @@ def evaluate(
         num_workers: loader workers that render / read the reference images.
         compile: ``torch.compile`` the denoiser for sampling (GPU sweeps: 2.8× the eager forward at
             batch 4,096 on an H100, ~30 s of compiling per model and batch shape; make num_samples a
-            multiple of batch_size so one shape serves every batch).
+            multiple of batch_size so one shape serves every batch); or a ``torch.compile`` mode by name
+            (``reduce-overhead``: the denoiser's forward replayed as CUDA graphs).
         name: the name of ``ckpt_path``'s model in the report (default ``kaleido`` or ``baseline``;
             ``kaleido-<types>`` with more_ckpt_paths). Evaluations run apart (one model per GPU, say)
             are joined by ``python -m kaleido report``, which needs their names to differ.

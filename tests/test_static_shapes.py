@@ -69,9 +69,9 @@ def test_only_training_steps_use_the_compiled_denoiser(text_data, monkeypatch, s
         def __len__(self) -> int:  # as torch.compile's wrapper of a T5Stack: `wrapper or default` must not be used
             raise TypeError("T5Stack does not support len()")
 
-    def fake_compile(module, dynamic=None):  # type: ignore[no-untyped-def]
+    def fake_compile(module, dynamic=None, mode=None):  # type: ignore[no-untyped-def]
         calls["compile"] += 1
-        assert dynamic is False  # one static shape: never compile a dynamic-shape graph
+        assert dynamic is False and mode == "default"  # one static shape: never compile a dynamic-shape graph
         return Compiled(module)
 
     monkeypatch.setattr(torch, "compile", fake_compile)
@@ -105,7 +105,7 @@ def test_compiled_sampling_pads_the_conditioning_and_matches_eager(text_data, mo
             seen_lengths.append(cond.shape[1])
             return self.module(x, t, cond, cond_mask, uncond)
 
-    monkeypatch.setattr(torch, "compile", lambda module, dynamic=None: Compiled(module))
+    monkeypatch.setattr(torch, "compile", lambda module, dynamic=None, mode=None: Compiled(module))
     torch.manual_seed(0)
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()).eval()
     conditions = ["a circle", "a square"]
@@ -119,3 +119,22 @@ def test_compiled_sampling_pads_the_conditioning_and_matches_eager(text_data, mo
     model.sampling.compile = True  # the checkpointed default is used when generate is not told
     model.generate(["a triangle"], num_steps=2, seed=2)
     assert len(seen_lengths) == 3 + 2  # one batched (conditional + unconditional) call per step
+
+
+def test_compile_takes_a_torch_compile_mode_by_name(text_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``compile: reduce-overhead`` (CUDA graphs) reaches torch.compile; each mode is its own wrapper; an
+    unknown mode fails in one line when the model is built."""
+    from kaleido.modules.settings import compile_mode
+
+    modes: list[str | None] = []
+    monkeypatch.setattr(torch, "compile", lambda module, dynamic=None, mode=None: modes.append(mode) or module)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, compile="reduce-overhead", **tiny_model_kwargs())
+    model.train()
+    model.training_network("denoiser")
+    model.network("denoiser", "reduce-overhead")  # cached: not compiled again
+    model.network("denoiser", True)
+    model.network("denoiser", False)
+    assert modes == ["reduce-overhead", "default"]
+    assert [compile_mode(c) for c in (False, True, "max-autotune")] == [None, "default", "max-autotune"]
+    with pytest.raises(ValueError, match="compile must be true, false or one of .*'reduce-overhead'.*got 'fast'"):
+        kaleido.Kaleido(tokenizer=text_data.tokenizer, compile="fast", **tiny_model_kwargs())

@@ -24,6 +24,7 @@ from kaleido.cli import KaleidoCLI
 from kaleido.data.contract import require_data
 from kaleido.devices import resolve_device
 from kaleido.modules.base import ConditionalDiffusion
+from kaleido.modules.settings import Compile
 
 
 class _ModelAndData(KaleidoCLI):
@@ -68,7 +69,7 @@ def benchmark(
     steps: int = 20,
     warmup: int = 5,
     batch_size: int | None = None,
-    compile: bool | None = None,
+    compile: Compile | None = None,
     precision: Literal["bf16", "32"] | None = None,
     device: str = "auto",
     peak_tflops: float | None = None,
@@ -87,7 +88,8 @@ def benchmark(
         warmup: untimed steps before them, after the first step (reported apart: it compiles).
         batch_size: images per step (default: the config's ``data.init_args.batch_size``).
         compile: ``torch.compile`` the model's networks for training and the denoiser for sampling (default:
-            the config's ``compile``); true also sets ``data.init_args.pad_to_limits`` (one batch shape).
+            the config's ``compile``): true, or a ``torch.compile`` mode by name (``reduce-overhead``: CUDA
+            graphs); compiling also sets ``data.init_args.pad_to_limits`` (one batch shape).
         precision: "bf16" (autocast) or "32" (TF32 matmuls on a GPU) (default: the config's trainer.precision).
         device: "auto" (CUDA when visible), "cpu", "cuda" or "cuda:N".
         peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU).
@@ -108,7 +110,7 @@ def benchmark(
     device = resolve_device(device)
     overrides = [] if batch_size is None else ["--data.init_args.batch_size", str(batch_size)]
     if compile is not None:
-        overrides += ["--model.init_args.compile", str(compile).lower()]
+        overrides += ["--model.init_args.compile", str(compile).lower() if isinstance(compile, bool) else compile]
         overrides += ["--data.init_args.pad_to_limits", "true"] if compile else []
     cli = _parse(config, overrides)
     model, data, trainer = cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
@@ -189,7 +191,7 @@ def format_table(result: dict[str, Any]) -> str:
     by_part = ", ".join(f"{part} {count / 1e9:.3g}" for part, count in train["flops_per_image_by_part"].items())
     rows = [
         ("config", f"{s['config']}  ({result['model']}, batch {s['batch_size']}, {s['precision']}, "
-                   f"{'compiled' if s['compile'] else 'eager'})"),
+                   f"{'eager' if not s['compile'] else 'compiled' if s['compile'] is True else 'compiled, ' + s['compile']})"),
         ("device", f"{result['device_name']}, torch {result['torch']}, {result['date']}"),
         ("training step", f"{train['step_s'] * 1e3:.1f} ms   {train['images_per_s']:.1f} images/s"),
         ("  first step", f"{train['first_step_s']:.2f} s, of which the loader's start {train['first_step_loader_s']:.2f} s"

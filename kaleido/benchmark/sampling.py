@@ -13,13 +13,13 @@ import torch
 
 from kaleido.benchmark.clock import seconds_per_call, sync
 from kaleido.modules.base import ConditionalDiffusion
-from kaleido.modules.settings import SamplingSettings
+from kaleido.modules.settings import Compile, SamplingSettings
 
 SAMPLERS: tuple[str, ...] = typing.get_args(typing.get_type_hints(SamplingSettings)["sampler"])
 
 
 def measure_sampling(
-    model: ConditionalDiffusion, conditions: list[str], cfg_scale: float, sample_steps: int, compile: bool,
+    model: ConditionalDiffusion, conditions: list[str], cfg_scale: float, sample_steps: int, compile: Compile,
     device: str, autocast: Callable[[], AbstractContextManager], steps: int, warmup: int,
 ) -> dict[str, Any]:
     model.eval()

@@ -20,11 +20,13 @@ from kaleido.diffusion.samplers import build_sampler
 from kaleido.diffusion.schedule import CosineSchedule
 from kaleido.modules.common import StrategyClipping, adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import (
+    Compile,
     DiffusionSettings,
     OptimizerSettings,
     SamplingSettings,
     T5Settings,
     UNetSettings,
+    compile_mode,
     from_dict,
     to_dict,
 )
@@ -67,7 +69,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         diffusion: DiffusionSettings | dict | None,
         sampling: SamplingSettings | dict | None,
         optimizer: OptimizerSettings | dict | None,
-        compile: bool,
+        compile: Compile,
         extra_hparams: dict[str, Any],
     ) -> None:
         super().__init__()
@@ -97,6 +99,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         self.diffusion_settings = from_dict(DiffusionSettings, diffusion)
         self.sampling = from_dict(SamplingSettings, sampling)
         self.optimizer_settings = from_dict(OptimizerSettings, optimizer)
+        compile_mode(compile)  # a mode torch.compile does not know fails here, in one line
         self.compile_training = compile
         self.schedule = CosineSchedule(self.diffusion_settings.num_timesteps)
         # Checkpoints written before issue 17 name the denoiser `unet`.
@@ -123,7 +126,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         self.denoiser: Denoiser = build_denoiser(self.denoiser_choice, cond_dim=cond_dim, image_size=self.image_size)
         self.save_hyperparameters({**self.hparams_dict(), **self._extra_hparams}, logger=True)
 
-    def network(self, name: str, compiled: bool, method: str | None = None) -> Callable[..., Any]:
+    def network(self, name: str, compiled: Compile, method: str | None = None) -> Callable[..., Any]:
         """The submodule ``name`` (e.g. ``"denoiser"``), or its ``torch.compile`` wrapper (static shapes);
         with ``method``, that method of it (e.g. the denoiser's ``training_outputs``), compiled the same way.
         Wrappers are built on first use and kept out of the module tree: parameter names, checkpoints
@@ -131,19 +134,20 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         current (e.g. averaged) weights."""
         module = self.get_submodule(name)
         target = module if method is None else getattr(module, method)
-        if not compiled:
+        mode = compile_mode(compiled)
+        if mode is None:
             return target
         cache = self.__dict__.setdefault("_compiled", {})
-        key = name if method is None else f"{name}.{method}"
+        key = (name if method is None else f"{name}.{method}", mode)
         if key not in cache:
-            cache[key] = torch.compile(target, dynamic=False)
+            cache[key] = torch.compile(target, dynamic=False, mode=mode)
         return cache[key]
 
     def training_network(self, name: str, method: str | None = None) -> Callable[..., Any]:
         """Compiled (``compile: true``) in training steps only: a training step has one shape
         (``pad_to_limits``, ``drop_last``), while validation changes batch and length and would
         recompile, a minute each, for little gain. Sampling compiles on request (``sampling.compile``)."""
-        return self.network(name, self.training and self.compile_training, method)
+        return self.network(name, self.compile_training if self.training else False, method)
 
     @property
     def conditioning_limit(self) -> int:
@@ -228,7 +232,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
 
     def sample_images(
         self, cond: Conditioning, cfg_scale: float, sampler: str, num_steps: int, generator: torch.Generator,
-        compile: bool = False, progress: bool = False, guider: Guider | None = None,
+        compile: Compile = False, progress: bool = False, guider: Guider | None = None,
     ) -> Tensor:
         """x ~ sampler(denoiser, cond, γ), guided by ``guider`` (default plain CFG). The guider's own noise
         (CADS) comes from a generator seeded apart, so the image noise is the same for every guider."""
@@ -259,7 +263,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
-        compile: bool | None = None,
+        compile: Compile | None = None,
         guider: GuiderSpec | Guider | None = None,
     ) -> Generation:
         """Sample one image per condition. ``latents`` (Kaleido only): an editable z per condition that

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
-from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
+from kaleido.modules.settings import (
+    Compile,
+    DiffusionSettings,
+    OptimizerSettings,
+    SamplingSettings,
+    T5Settings,
+    UNetSettings,
+)
 from kaleido.nn.denoiser import DenoiserFactory
 from kaleido.nn.prior import build_condition_encoder
 from kaleido.tokenizer import KaleidoTokenizer
@@ -27,7 +34,8 @@ class DiffusionModel(ConditionalDiffusion):
         sampling: defaults for ``generate`` and the validation sample grids.
         optimizer: Adam and warm-up.
         freeze_condition_encoder: keep the encoder fixed (the paper freezes a pretrained T5-XL).
-        compile: ``torch.compile`` the denoiser and the condition encoder for training steps.
+        compile: ``torch.compile`` the denoiser and the condition encoder for training steps; true, or a
+            ``torch.compile`` mode by name (``reduce-overhead``: replayed as CUDA graphs).
     """
 
     def __init__(
@@ -41,7 +49,7 @@ class DiffusionModel(ConditionalDiffusion):
         sampling: SamplingSettings | None = None,
         optimizer: OptimizerSettings | None = None,
         freeze_condition_encoder: bool = False,
-        compile: bool = False,
+        compile: Compile = False,
     ) -> None:
         super().__init__(
             tokenizer, image_size, t5, unet, denoiser, diffusion, sampling, optimizer, compile,

@@ -15,7 +15,14 @@ from torch import Tensor
 
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
 from kaleido.modules.common import sample_latent_ids
-from kaleido.modules.settings import DiffusionSettings, OptimizerSettings, SamplingSettings, T5Settings, UNetSettings
+from kaleido.modules.settings import (
+    Compile,
+    DiffusionSettings,
+    OptimizerSettings,
+    SamplingSettings,
+    T5Settings,
+    UNetSettings,
+)
 from kaleido.nn.denoiser import DenoiserFactory
 from kaleido.nn.latent_conditioner import LatentConditioner
 from kaleido.nn.prior import LatentPriorNet
@@ -40,7 +47,8 @@ class Kaleido(ConditionalDiffusion):
         init_prior_from: a ``LatentPrior`` (or ``Kaleido``) checkpoint whose weights start the prior (two-stage
             training, or a nested UNet started from a trained model); the checkpoint stores null, its weights being in it.
         compile: ``torch.compile`` the denoiser and the prior for training steps (static shapes:
-            pair it with ``data.pad_to_limits``).
+            pair it with ``data.pad_to_limits``); true, or a ``torch.compile`` mode by name
+            (``reduce-overhead``: replayed as CUDA graphs).
     """
 
     uses_latents = True
@@ -58,7 +66,7 @@ class Kaleido(ConditionalDiffusion):
         ar_loss_weight: float = 1.0,
         detach_latent_states: bool = False,
         init_prior_from: str | None = None,
-        compile: bool = False,
+        compile: Compile = False,
     ) -> None:
         if ar_loss_weight < 0:
             raise ValueError(f"ar_loss_weight must be >= 0, got {ar_loss_weight}")

@@ -4,7 +4,7 @@ as dicts of plain values, so loading never needs to unpickle code."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from kaleido.checkpoint_io import from_dict, to_dict
 from kaleido.diffusion.guiders import GuiderSpec, build_guider
@@ -13,6 +13,22 @@ from kaleido.nn.prior import T5Settings
 from kaleido.nn.unet import UNetSettings
 
 S = TypeVar("S")
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+# false: eager; true: torch.compile's "default" mode; a mode by name: that mode ("reduce-overhead" and
+# "max-autotune" replay the compiled step as CUDA graphs: no launch cost per kernel, static shapes).
+Compile = bool | CompileMode
+
+
+def compile_mode(compile: Compile | None) -> str | None:
+    """``torch.compile``'s ``mode`` for a ``compile`` setting; None: do not compile."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if compile not in get_args(CompileMode):
+        raise ValueError(f"compile must be true, false or one of {get_args(CompileMode)}, got {compile!r}")
+    return compile
 
 
 @dataclass
@@ -46,11 +62,12 @@ class SamplingSettings:
     temperature: float = 1.0  # the prior's; 1.0 is what the diversity argument assumes
     top_k: int | None = None
     top_p: float | None = None
-    compile: bool = False  # torch.compile the denoiser for sampling (long sweeps; ~30 s per new batch size)
+    compile: Compile = False  # torch.compile the denoiser for sampling (long sweeps; ~30 s per new batch size), or a mode
     guider: GuiderSpec = "cfg"
 
     def __post_init__(self) -> None:
         build_guider(self.guider)  # an unknown guider or a bad setting fails here, with one line
+        compile_mode(self.compile)
 
 
 @dataclass
