@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from itertools import cycle, islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from kaleido.checkpoint import Weights, load
 from kaleido.data.contract import checkpoint_datamodule
-from kaleido.devices import resolve_device
+from kaleido.devices import Precision, resolve_device, resolve_precision, sampling_autocast
 from kaleido.diffusion.guiders import build_guider
 from kaleido.diffusion.samplers import SamplerName
 from kaleido.metrics.adherence import adherence_readers, data_adherence, latent_adherence
@@ -41,7 +40,7 @@ def adherence(
     batch_size: int = 256,
     conditions: list[str] | None = None,
     data_config: Path | None = None,
-    precision: Literal["32", "bf16"] = "32",
+    precision: Precision = "auto",
     device: str = "auto",
     compile: Compile = False,
     weights: Weights = "averaged",
@@ -63,7 +62,7 @@ def adherence(
         conditions: the condition texts (default: the training data's, in order).
         data_config: the training config (or its data section); used instead of the config.yaml beside
             the checkpoint. Without either, each type is read by its own extractor.
-        precision: "bf16" samples under bfloat16 autocast.
+        precision: "bf16" samples under bfloat16 autocast; "auto" (default): bf16 on a GPU, 32 on a CPU.
         device: "auto" (CUDA if available), "cpu" or "cuda".
         compile: ``torch.compile`` the denoiser for sampling (true, or a mode by name: ``reduce-overhead`` replays it as CUDA graphs).
         weights: "averaged" (the EMA average where the checkpoint keeps one) or "trained".
@@ -74,6 +73,7 @@ def adherence(
     if num_samples < 1 or batch_size < 1 or num_steps < 1:
         raise ValueError(f"--num_samples, --batch_size and --num_steps must be >= 1, got {num_samples}, {batch_size}, {num_steps}")
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     given = None if guider is None else build_guider(guider)  # a bad guider fails before loading
     model = load(ckpt_path, map_location=device, expected=Kaleido, weights=weights)
     chosen = given if given is not None else build_guider(model.sampling.guider)
@@ -87,9 +87,8 @@ def adherence(
     if not readers.extractors:
         raise ValueError(f"none of the latent types {[t.name for t in latent_types]} can be measured (see the lines above)")
     prompts = _prompts(conditions, data, num_samples)
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     start = time.perf_counter()
-    with autocast:
+    with sampling_autocast(precision, device):
         out = model.generate(
             prompts, sampler=sampler, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, compile=compile,
             guider=chosen,

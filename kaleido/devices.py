@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
+
 import torch
 
 DEVICES = "'auto' (CUDA when a GPU is visible, else the CPU), 'cpu', 'cuda' or 'cuda:N'"
@@ -28,3 +31,23 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not supported: use {DEVICES}")
     return device
+
+
+Precision = Literal["auto", "32", "bf16"]
+PRECISIONS = "'auto' (bf16 on a GPU, 32 on a CPU), '32' or 'bf16'"
+
+
+def resolve_precision(precision: str, device: str) -> Literal["32", "bf16"]:
+    """The sampling precision: ``"auto"`` → ``"bf16"`` on a GPU (FID and adherence within run-to-run noise of
+    float32, docs/performance.md, at about 1.3× the speed), ``"32"`` on a CPU (bfloat16 autocast there is
+    slower, not faster); an explicit choice as given."""
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "32"
+    if precision not in ("32", "bf16"):
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    return precision  # type: ignore[return-value]
+
+
+def sampling_autocast(precision: Literal["32", "bf16"], device: str) -> AbstractContextManager:
+    """bfloat16 autocast for ``"bf16"`` (the networks; features, metrics and the schedule stay float32), else nothing."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import Any
 
 from kaleido.checkpoint import Weights, load
-from kaleido.devices import resolve_device
+from kaleido.devices import Precision, resolve_device, resolve_precision, sampling_autocast
 from kaleido.diffusion.guiders import build_guider
 from kaleido.diffusion.samplers import SamplerName
 from kaleido.modules.base import ConditionalDiffusion
@@ -31,7 +28,7 @@ def sample(
     guider: str | dict[str, Any] | None = None,
     batch_size: int = 64,
     device: str = "auto",
-    precision: Literal["32", "bf16"] = "32",
+    precision: Precision = "auto",
     weights: Weights = "averaged",
 ) -> Path:
     """Sample ``num_samples`` images for one condition and write ``OUTPUT/grid.png``, one PNG per
@@ -54,7 +51,7 @@ def sample(
             (docs/sampling.md).
         batch_size: images per forward pass.
         device: "auto" (CUDA if available), "cpu" or "cuda".
-        precision: "bf16" runs the networks under bfloat16 autocast (GPU).
+        precision: "bf16" runs the networks under bfloat16 autocast; "auto" (default): bf16 on a GPU, 32 on a CPU.
         weights: "averaged", the EMA average when trained with it; "trained", the optimiser's own
             weights, which the average lags in short runs (``kaleido.load``).
     """
@@ -70,8 +67,7 @@ def sample(
     model = load(ckpt_path, map_location=device, expected=ConditionalDiffusion, weights=weights)
     if latent is not None and not model.uses_latents:
         raise ValueError(f"{ckpt_path} is a baseline DiffusionModel: it takes no --latent")
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    with autocast:
+    with sampling_autocast(resolve_precision(precision, device), device):
         out = model.generate(
             [condition] * num_samples,
             latents=None if latent is None else [latent] * num_samples,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -114,3 +115,16 @@ def test_latents_command_lists_types_and_origins(capsys: pytest.CaptureFixture[s
 def test_unknown_command_says_what_exists() -> None:
     with pytest.raises(SystemExit, match="unknown command 'train'; choose one of fit"):
         main(["train"])
+
+
+def test_sampling_precision_auto_is_bf16_on_a_gpu_and_32_on_a_cpu() -> None:
+    from kaleido.devices import resolve_precision, sampling_autocast
+
+    assert resolve_precision("auto", "cpu") == "32" and resolve_precision("auto", "cuda:1") == "bf16"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("32", "cuda") == "32"
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of 'auto'"):
+        resolve_precision("fp16", "cpu")
+    with sampling_autocast("bf16", "cpu"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with sampling_autocast("32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
