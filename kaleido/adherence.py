@@ -40,7 +40,7 @@ def adherence(
     batch_size: int = 256,
     conditions: list[str] | None = None,
     data_config: Path | None = None,
-    precision: Precision = "auto",
+    precision: Precision = "32",
     device: str = "auto",
     compile: Compile = False,
     weights: Weights = "averaged",
@@ -62,7 +62,7 @@ def adherence(
         conditions: the condition texts (default: the training data's, in order).
         data_config: the training config (or its data section); used instead of the config.yaml beside
             the checkpoint. Without either, each type is read by its own extractor.
-        precision: "bf16" samples under bfloat16 autocast; "auto" (default): bf16 on a GPU, 32 on a CPU.
+        precision: "bf16" samples under bfloat16 autocast; "auto": bf16 on a GPU, 32 on a CPU; default "32".
         device: "auto" (CUDA if available), "cpu" or "cuda".
         compile: ``torch.compile`` the denoiser for sampling (true, or a mode by name: ``reduce-overhead`` replays it as CUDA graphs).
         weights: "averaged" (the EMA average where the checkpoint keeps one) or "trained".

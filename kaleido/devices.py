@@ -38,9 +38,10 @@ PRECISIONS = "'auto' (bf16 on a GPU, 32 on a CPU), '32' or 'bf16'"
 
 
 def resolve_precision(precision: str, device: str) -> Literal["32", "bf16"]:
-    """The sampling precision: ``"auto"`` → ``"bf16"`` on a GPU (FID and adherence within run-to-run noise of
-    float32, docs/performance.md, at about 1.3× the speed), ``"32"`` on a CPU (bfloat16 autocast there is
-    slower, not faster); an explicit choice as given."""
+    """The sampling precision: ``"auto"`` → ``"bf16"`` on a GPU (1.2–1.3× the speed of float32 in
+    docs/evaluation.md's timings; whether FID and adherence stay within run-to-run noise is still to be
+    measured, so the commands' default stays ``"32"``), ``"32"`` on a CPU (bfloat16 autocast there is slower,
+    not faster); an explicit choice as given."""
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "32"
     if precision not in ("32", "bf16"):

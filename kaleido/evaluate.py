@@ -223,7 +223,7 @@ def evaluate(
     conditions: list[str] | None = None,
     data_config: Path | None = None,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: Precision = "32",
     num_workers: int = 0,
     compile: Compile = False,
     name: str | None = None,
@@ -258,8 +258,8 @@ def evaluate(
         data_config: the training config (or its data section); used instead of the config.yaml beside
             the checkpoint (which is the default).
         device: "auto" (CUDA if available), "cpu" or "cuda".
-        precision: "bf16" samples under bfloat16 autocast (features stay float32); "auto" (default): bf16 on
-            a GPU, 32 on a CPU. The settings record the one used.
+        precision: "bf16" samples under bfloat16 autocast (features stay float32); "auto": bf16 on a GPU,
+            32 on a CPU; default "32". The settings record the one used.
         num_workers: loader workers that render / read the reference images.
         compile: ``torch.compile`` the denoiser for sampling (GPU sweeps: 2.8× the eager forward at
             batch 4,096 on an H100, ~30 s of compiling per model and batch shape; make num_samples a

@@ -28,7 +28,7 @@ def sample(
     guider: str | dict[str, Any] | None = None,
     batch_size: int = 64,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: Precision = "32",
     weights: Weights = "averaged",
 ) -> Path:
     """Sample ``num_samples`` images for one condition and write ``OUTPUT/grid.png``, one PNG per
@@ -51,7 +51,7 @@ def sample(
             (docs/sampling.md).
         batch_size: images per forward pass.
         device: "auto" (CUDA if available), "cpu" or "cuda".
-        precision: "bf16" runs the networks under bfloat16 autocast; "auto" (default): bf16 on a GPU, 32 on a CPU.
+        precision: "bf16" runs the networks under bfloat16 autocast; "auto": bf16 on a GPU, 32 on a CPU; default "32".
         weights: "averaged", the EMA average when trained with it; "trained", the optimiser's own
             weights, which the average lags in short runs (``kaleido.load``).
     """
