@@ -176,3 +176,19 @@ def test_without_litdata_the_command_says_how_to_install_it(folder: Path, tmp_pa
     monkeypatch.setitem(sys.modules, "litdata", None)  # as if it were not installed
     with pytest.raises(SystemExit, match=r'^error: shards need litdata: pip install -e "\.\[scale\]"'):
         main(["shard", "--folder", str(folder), "--output", str(tmp_path / "s")])
+
+
+def test_the_loader_benchmark_reads_a_plugin_type_by_its_spec(folder: Path, shards: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/loader_throughput.py: folder and shards side by side; a latent type given as its class_path
+    spec (the shards hold ShapesTextLatent, not the registered `text`)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loader_throughput.py"
+    spec = importlib.util.spec_from_file_location("loader_throughput", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--folder", str(folder), "--shards", str(shards), "--latents", json.dumps(TEXT.spec()), "--image_size", "8",
+                 "--batch_size", "4", "--num_workers", "0", "--batches", "2", "--warmup", "1", "--val_fraction", str(VAL_FRACTION)])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["folder", "shards"] and all("images/s" in line for line in lines)
