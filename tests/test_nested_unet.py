@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 import kaleido
+from kaleido.diffusion.schedule import x0_to_output
 from kaleido.nn.denoiser import downsample_to
 from kaleido.nn.nested_unet import NestedUNet
 from kaleido.nn.unet import UNet
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 COND_DIM, SIZE, INNER = 24, 16, 8
 OUTER = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1}  # one outer level around the inner UNet at 8²
-NESTED = {"class_path": "kaleido.nn.nested_unet.NestedUNet", "init_args": {"inner": asdict(TINY_UNET), **OUTER}}
+NESTED = {"class_path": "kaleido.nn.nested_unet.NestedUNet", "init_args": {"inner": asdict(TINY_UNET), **OUTER, "inner_input": "matched"}}
 
 
 def nested(cond_dim: int = COND_DIM, **overrides: Any) -> NestedUNet:
@@ -48,19 +49,52 @@ def test_two_outputs_one_per_resolution() -> None:
         nested(loss_weights=(0.0, 1.0))
 
 
-def test_a_fresh_nested_unet_keeps_its_inner_unets_output() -> None:
-    """Zero adapters: an inner UNet loaded from a trained UNet gives that UNet's output on the pooled x_t."""
+@pytest.mark.parametrize("inner_input", ["matched", "pooled"])
+def test_a_fresh_nested_unet_keeps_its_inner_unets_output(inner_input: str) -> None:
+    """Zero adapters: an inner UNet loaded from a trained UNet gives that UNet's output on what it is given
+    (matched: the pooled x_t rescaled, at t'; pooled: the pooled x_t at t)."""
     torch.manual_seed(1)
     unet = perturbed(UNet(**asdict(TINY_UNET), cond_dim=COND_DIM)).eval()
-    net = nested()
+    net = nested(inner_input=inner_input)
     net.inner_unet.load_state_dict(unet.state_dict())
     x, t, cond, mask = unet_inputs(3, SIZE)
     uncond = torch.tensor([False, True, False])
     with torch.no_grad():
         full, low = net.training_outputs(x, t, cond, mask, uncond)
-        alone = unet(F.avg_pool2d(x, 2), t, cond, mask, uncond)
-    assert torch.allclose(low.prediction, alone, atol=1e-6) and alone.abs().mean() > 1e-3
+        view = net.inner_view(F.avg_pool2d(x, 2), t)
+        alone = unet(view.x, view.t, cond, mask, uncond)
+    assert torch.allclose(low.prediction, net.pooled_output(alone, view), atol=1e-5) and alone.abs().mean() > 1e-3
+    assert (view.t is t) == (inner_input == "pooled")
     assert torch.count_nonzero(full.prediction) == 0  # the outer output head starts at zero
+
+
+@pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
+def test_the_matched_inner_input_is_a_lone_unets_input_at_its_own_timestep(prediction: str) -> None:
+    """Pooling x_t over r² pixels gives α x̄0 + (σ / r) ε̄; rescaled, it is α' x̄0 + σ' ε' with unit noise
+    ε' = r ε̄ and SNR(t') = r² SNR(t) on the model's own schedule; and the inner output that predicts the
+    pooled image exactly is scored as exactly the pooled target."""
+    from kaleido.diffusion.schedule import CosineSchedule
+
+    schedule, r = CosineSchedule(1000), 2
+    net = nested(inner_input="matched")
+    net.bind_diffusion(schedule, prediction)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, SIZE, SIZE, generator=g) * 2 - 1, torch.randn(4, 3, SIZE, SIZE, generator=g)
+    t = torch.tensor([0, 120, 500, 980])
+    view = net.inner_view(F.avg_pool2d(schedule.add_noise(x0, noise, t), r), t)
+    x_low, noise_unit = F.avg_pool2d(x0, r), r * F.avg_pool2d(noise, r)
+    assert torch.allclose(view.x, view.alpha_inner * x_low + view.sigma_inner * noise_unit, atol=1e-5)
+    snr, snr_inner = schedule.snr(t), (view.alpha_inner / view.sigma_inner).flatten().double() ** 2
+    assert torch.allclose(snr_inner, r**2 * snr, rtol=1e-4)
+    assert bool((view.t <= t).all()) and bool((view.t >= 0).all())  # less noise: an earlier step
+    # t' lands between the steps whose ᾱ brackets the inner one; at t = 0 the inner SNR is beyond the
+    # schedule's first step, and t' stays at 0
+    between = schedule.alphas_cumprod[view.t.floor().long()], schedule.alphas_cumprod[view.t.ceil().long()]
+    abar_inner = view.alpha_inner.flatten().double() ** 2
+    assert view.t[0] == 0 and bool(((between[1] - 1e-6 <= abar_inner) & (abar_inner <= between[0] + 1e-6))[1:].all())
+    exact = x0_to_output(view.x, x_low, view.alpha_inner, view.sigma_inner, prediction)  # type: ignore[arg-type]
+    target = F.avg_pool2d(schedule.target(x0, noise, t, prediction), r)  # type: ignore[arg-type]
+    assert torch.allclose(net.pooled_output(exact, view), target, atol=1e-3 if prediction == "eps" else 1e-4)
 
 
 def test_dropped_rows_ignore_their_conditioning_at_both_resolutions() -> None:
@@ -80,6 +114,7 @@ def test_the_loss_is_the_weighted_sum_of_each_resolutions_mse(text_data) -> None
     denoiser = {**NESTED, "init_args": {**NESTED["init_args"], "loss_weights": weights}}
     torch.manual_seed(0)
     model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "unet": None, "denoiser": denoiser})
+    assert model.denoiser.__dict__["_diffusion"] == (model.schedule, "v")  # the model binds its own schedule
     perturbed(model.denoiser)
     batch = batch_of(text_data)
     images = batch["image"]

@@ -93,6 +93,16 @@ class CosineSchedule(nn.Module):
         abar = self.alphas_cumprod[t.long()].view(-1, 1, 1, 1)
         return abar.sqrt().to(dtype), (1 - abar).sqrt().to(dtype)
 
+    def timestep_of(self, abar: Tensor) -> Tensor:
+        """The continuous timestep whose ᾱ is ``abar`` [B] (float64 [B]): linear between the table's integer
+        steps, clamped to [0, T − 1] (ᾱ decreases with t)."""
+        rising = self.alphas_cumprod.flip(0)  # rising[k] = ᾱ_{T-1-k}
+        a = abar.to(rising).clamp(rising[0], rising[-1])
+        k = torch.searchsorted(rising, a).clamp(1, len(rising) - 1)  # rising[k-1] <= a <= rising[k]
+        low, high = rising[k - 1], rising[k]
+        position = (k - 1) + (a - low) / (high - low).clamp(min=torch.finfo(torch.float64).tiny)
+        return (len(rising) - 1) - position
+
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) as float64 [B]."""
         abar = self.alphas_cumprod[t.long()]

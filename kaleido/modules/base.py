@@ -124,6 +124,7 @@ class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
         ``__init__``. The hyperparameters are saved here, once the denoiser's spec is known (a factory
         from the config tells its class and arguments only by building)."""
         self.denoiser: Denoiser = build_denoiser(self.denoiser_choice, cond_dim=cond_dim, image_size=self.image_size)
+        self.denoiser.bind_diffusion(self.schedule, self.diffusion_settings.prediction)
         self.save_hyperparameters({**self.hparams_dict(), **self._extra_hparams}, logger=True)
 
     def network(self, name: str, compiled: Compile, method: str | None = None) -> Callable[..., Any]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kaleido.class_paths import import_class
+from kaleido.diffusion.schedule import CosineSchedule, Prediction
 
 WIRED = ("cond_dim", "image_size")  # given by the model, never by the config
 
@@ -71,6 +72,10 @@ class Denoiser(nn.Module, ABC):
         """What the diffusion loss scores, as ``forward``'s inputs: by default the one full-resolution
         prediction with weight 1; a multi-resolution backbone returns one output per resolution."""
         return [TrainingOutput(self(x, t, cond, cond_mask, uncond))]
+
+    def bind_diffusion(self, schedule: CosineSchedule, prediction: Prediction) -> None:  # noqa: B027 - optional hook
+        """The model's noise schedule and output parametrisation, given once the model has built this
+        network; a backbone that works on the noise level itself (the nested UNet) keeps them. Default: nothing."""
 
     @property
     def num_params(self) -> int:

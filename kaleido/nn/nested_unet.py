@@ -3,8 +3,9 @@ nested, as the middle block, inside outer U-Net levels at the full resolution.
 
     x_t [B, 3, S, S] ──input conv──► outer way down (ResBlocks, S → S / 2^(k-1), skips kept)
                         │                               │
-                        │ average-pooled to S / 2^(k-1) │ in_adapter (zero-init conv), added after
-                        ▼                               ▼ the inner UNet's input conv
+                        │ average-pooled to S / 2^(k-1),│ in_adapter (zero-init conv), added after
+                        │ rescaled, at its own t'       │ the inner UNet's input conv
+                        ▼                               ▼
                  inner UNet (the UNet, all its levels, its conditioning path) ──► inner head ──► low-res prediction
                         │ its last features
                         ▼ out_adapter (zero-init conv), added to the outer features
@@ -12,9 +13,15 @@ nested, as the middle block, inside outer U-Net levels at the full resolution.
 
 The conditioning path is the inner UNet's (null token, transformer layers, pooled embedding): the outer
 levels' ResBlocks take its timestep + pooled embedding, so a dropped row (``uncond``) ignores ``cond``
-at every level. With both adapters at zero, a fresh nested UNet's inner output is exactly its inner
-UNet's on the pooled ``x_t``: an inner model trained alone (``inner_checkpoint``, ml-mdm's progressive
-recipe) starts unchanged. Training scores both outputs (``training_outputs``: MDM's multi-resolution
+at every level. Pooling ``x_t = α x0 + σ ε`` over r² pixels (r = the nest ratio) averages the noise: it
+gives ``α x̄0 + (σ / r) ε̄``, a signal-to-noise ratio r² times t's. With ``inner_input: matched`` (the
+shipped configs') the inner UNet sees that rescaled to unit variance at the timestep t' of the model's schedule
+with SNR(t') = r² SNR(t): exactly what a UNet trained alone at its side sees at t' (MDM's schedule
+shifted per resolution, read off the one full-resolution state). Its output, in the model's
+parametrisation at (x', t'), is turned into the same parametrisation of the pooled process at t, which
+the loss scores against the pooled target. With both adapters at zero, a fresh nested UNet's inner
+output is exactly its inner UNet's: an inner model trained alone (``inner_checkpoint``, ml-mdm's
+progressive recipe) starts unchanged, on its own training distribution. Training scores both outputs (``training_outputs``: MDM's multi-resolution
 loss); sampling uses the full-resolution one. docs/choices.md, "The nested UNet", says where this
 departs from ml-mdm and why.
 """
@@ -22,13 +29,15 @@ departs from ml-mdm and why.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from kaleido.checkpoint_io import CHECKPOINT_KEY, from_dict, read_checkpoint, to_dict
+from kaleido.diffusion.schedule import CosineSchedule, Prediction, output_to_x0_eps, x0_to_output
 from kaleido.nn.blocks import AttentionBlock, ResBlock, zero_init
 from kaleido.nn.denoiser import Denoiser, TrainingOutput, downsample_to
 from kaleido.nn.unet import (
@@ -43,6 +52,20 @@ from kaleido.nn.unet import (
 )
 
 UNET_CLASS_PATH = f"{UNet.__module__}.{UNet.__qualname__}"
+
+
+@dataclass
+class InnerView:
+    """What the inner UNet is given: ``x`` at timestep ``t``, and the coefficients of ``x`` (α', σ') and of the
+    pooled ``x_t`` it came from (α, σ; the pooled process), to bring its output back to the pooled process."""
+
+    x: Tensor
+    t: Tensor
+    pooled: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    alpha_inner: Tensor
+    sigma_inner: Tensor
 
 
 class NestedUNet(Denoiser):
@@ -63,6 +86,11 @@ class NestedUNet(Denoiser):
             model's checkpoint (the weights are), so its spec never names a file that may be gone.
         freeze_inner: keep the inner UNet's weights fixed (ml-mdm's ``freeze_inner_unet``); the outer
             levels and the adapters train.
+        inner_input: ``"matched"`` (the shipped configs'): the pooled ``x_t`` rescaled to unit variance at the
+            timestep with r² times t's SNR, as a UNet trained alone at the inner side sees it (needs the
+            model's schedule, which the model binds; a network built alone uses the default cosine schedule
+            and v-prediction); ``"pooled"`` (the default, so that checkpoints written before this option
+            load as they were trained): the pooled ``x_t`` as it is, at t.
         in_channels: image channels (the output has as many).
         cond_dim, image_size: given by the model (its conditioning width and ``data.image_size``).
     """
@@ -77,6 +105,7 @@ class NestedUNet(Denoiser):
         loss_weights: tuple[float, float] = (1.0, 1.0),
         inner_checkpoint: str | None = None,
         freeze_inner: bool = False,
+        inner_input: Literal["matched", "pooled"] = "pooled",
         in_channels: int = 3,
         *,
         cond_dim: int,
@@ -95,6 +124,8 @@ class NestedUNet(Denoiser):
                 f"image_size {image_size} is not divisible by {factor}: the outer levels halve it {len(channel_mult) - 1} "
                 f"times (channel_mult {channel_mult}) and the inner UNet {self.inner_unet.downsample_factor} more; use a multiple of {factor}"
             )
+        if inner_input not in ("matched", "pooled"):
+            raise ValueError(f"inner_input must be 'matched' or 'pooled', got {inner_input!r}")
         if len(loss_weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in loss_weights) or loss_weights[0] <= 0:
             raise ValueError(f"loss_weights must be (full resolution > 0, inner resolution >= 0), got {tuple(loss_weights)}")
         # Plain data (what spec() stores); inner_checkpoint is cleared once its weights are in the model.
@@ -102,7 +133,8 @@ class NestedUNet(Denoiser):
         self.base_channels, self.channel_mult, self.num_res_blocks = base_channels, channel_mult, num_res_blocks
         self.attention_levels, self.loss_weights = attention_levels, (float(loss_weights[0]), float(loss_weights[1]))
         self.inner_checkpoint: str | None = None
-        self.freeze_inner, self.in_channels = freeze_inner, in_channels
+        self.freeze_inner, self.inner_input, self.in_channels = freeze_inner, inner_input, in_channels
+        self.bind_diffusion(CosineSchedule(), "v")  # the model binds its own
 
         levels = build_levels(in_channels, base_channels, channel_mult, num_res_blocks, attention_levels, self.res_block, self.attention_block)
         self.input_conv, self.down, self.up, self.out = levels.input_conv, levels.down, levels.up, levels.out
@@ -124,24 +156,59 @@ class NestedUNet(Denoiser):
         inner = self.inner_unet
         return AttentionBlock(ch, inner.num_heads, context_dim=inner.emb_dim, qk_norm=inner.qk_norm)
 
-    def features(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(the outer levels' last features, the inner UNet's last features)."""
+    def bind_diffusion(self, schedule: CosineSchedule, prediction: Prediction) -> None:
+        # Kept out of the module tree: the model owns the schedule (its device moves, no state).
+        self.__dict__["_diffusion"] = (schedule, prediction)
+
+    def inner_view(self, pooled: Tensor, t: Tensor) -> InnerView:
+        """The inner UNet's input for the pooled ``x_t`` at ``t`` (``inner_input``)."""
+        schedule, _ = self.__dict__["_diffusion"]
+        abar = schedule.alphas_cumprod.to(t.device)[t.long()]
+        if self.inner_input == "pooled":
+            abar_inner, variance, t_inner = abar, torch.ones_like(abar), t
+        else:  # pooling keeps α x̄0 and divides the noise's variance by r²
+            variance = abar + (1 - abar) / self.nest_ratio**2
+            abar_inner = abar / variance
+            t_inner = schedule.timestep_of(abar_inner.to(schedule.alphas_cumprod.device)).to(t.device, torch.float32)
+
+        def column(value: Tensor) -> Tensor:
+            return value.float().view(-1, 1, 1, 1)
+
+        return InnerView(
+            pooled.float() / column(variance.sqrt()), t_inner, pooled.float(), column(abar.sqrt()), column((1 - abar).sqrt()),
+            column(abar_inner.sqrt()), column((1 - abar_inner).sqrt()),
+        )
+
+    def features(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor, InnerView]:
+        """(the outer levels' last features, the inner UNet's last features, what the inner UNet was given)."""
         check_divisible(x, self.nest_ratio * self.inner_unet.downsample_factor)
-        c: UNetContext = self.inner_unet.embed(t, cond, cond_mask, uncond)
+        encoded = self.inner_unet.encode_condition(cond, cond_mask, uncond)
+        c: UNetContext = self.inner_unet.embed_time(t, encoded)
         h, skips = run_down(self.down, self.input_conv(x), c)
-        inner = self.inner_unet.features(downsample_to(x, h.shape[-1]), c, extra=self.in_adapter(h))
-        return run_up(self.up, h + self.out_adapter(inner), skips, c), inner
+        view = self.inner_view(downsample_to(x, h.shape[-1]), t)
+        c_inner = c if view.t is t else self.inner_unet.embed_time(view.t, encoded)
+        inner = self.inner_unet.features(view.x.to(x.dtype), c_inner, extra=self.in_adapter(h))
+        return run_up(self.up, h + self.out_adapter(inner), skips, c), inner, view
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
         return self.out(self.features(x, t, cond, cond_mask, uncond)[0])
+
+    def pooled_output(self, inner_output: Tensor, view: InnerView) -> Tensor:
+        """The inner head's output, a prediction at (x', t'), as the same parametrisation of the pooled
+        process at t (what the loss's pooled target is): through its estimate of the pooled x0."""
+        _, prediction = self.__dict__["_diffusion"]
+        if self.inner_input == "pooled":
+            return inner_output
+        x0, _ = output_to_x0_eps(view.x, inner_output.float(), view.alpha_inner, view.sigma_inner, prediction)
+        return x0_to_output(view.pooled, x0, view.alpha, view.sigma, prediction)
 
     def training_outputs(
         self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
     ) -> list[TrainingOutput]:
         """The full-resolution prediction and the inner UNet's, at the inner resolution (MDM's two-resolution loss)."""
-        outer, inner = self.features(x, t, cond, cond_mask, uncond)
+        outer, inner, view = self.features(x, t, cond, cond_mask, uncond)
         full, low = self.loss_weights
-        return [TrainingOutput(self.out(outer), full), TrainingOutput(self.inner_unet.out(inner), low)]
+        return [TrainingOutput(self.out(outer), full), TrainingOutput(self.pooled_output(self.inner_unet.out(inner), view), low)]
 
 
 def stored_unet_spec(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:

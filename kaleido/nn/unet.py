@@ -212,7 +212,11 @@ class UNet(ConditionedDenoiser):
 
     def embed(self, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> UNetContext:
         """The timestep + pooled conditioning embedding and the conditioning sequence (null token first)."""
-        context, mask, pooled = self.encode_condition(cond, cond_mask, uncond)
+        return self.embed_time(t, self.encode_condition(cond, cond_mask, uncond))
+
+    def embed_time(self, t: Tensor, encoded: tuple[Tensor, Tensor, Tensor]) -> UNetContext:
+        """:meth:`embed` from an ``encode_condition`` result: one encoding serves several timesteps."""
+        context, mask, pooled = encoded
         return UNetContext(self.time_embed(timestep_embedding(t, self.base_channels)) + pooled, context, mask)
 
     def features(self, x: Tensor, c: UNetContext, extra: Tensor | None = None) -> Tensor:
