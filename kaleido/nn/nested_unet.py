@@ -15,14 +15,14 @@ The conditioning path is the inner UNet's (null token, transformer layers, poole
 levels' ResBlocks take its timestep + pooled embedding, so a dropped row (``uncond``) ignores ``cond``
 at every level. Pooling ``x_t = α x0 + σ ε`` over r² pixels (r = the nest ratio) averages the noise: it
 gives ``α x̄0 + (σ / r) ε̄``, a signal-to-noise ratio r² times t's. With ``inner_input: matched`` (the
-shipped configs') the inner UNet sees that rescaled to unit variance at the timestep t' of the model's schedule
-with SNR(t') = r² SNR(t): exactly what a UNet trained alone at its side sees at t' (MDM's schedule
-shifted per resolution, read off the one full-resolution state). Its output, in the model's
+shipped configs') the inner UNet sees that rescaled to unit variance at the timestep t' of the model's
+schedule with SNR(t') = r² SNR(t): exactly what a UNet trained alone at its side sees at t' (MDM's
+schedule shifted per resolution, read off the one full-resolution state). Its output, in the model's
 parametrisation at (x', t'), is turned into the same parametrisation of the pooled process at t, which
 the loss scores against the pooled target. With both adapters at zero, a fresh nested UNet's inner
 output is exactly its inner UNet's: an inner model trained alone (``inner_checkpoint``, ml-mdm's
-progressive recipe) starts unchanged, on its own training distribution. Training scores both outputs (``training_outputs``: MDM's multi-resolution
-loss); sampling uses the full-resolution one. docs/choices.md, "The nested UNet", says where this
+progressive recipe) starts unchanged, on its own training distribution. Training scores both outputs
+(``training_outputs``: MDM's multi-resolution loss); sampling uses the full-resolution one. docs/choices.md, "The nested UNet", says where this
 departs from ml-mdm and why.
 """
 
