@@ -69,5 +69,5 @@ class KaleidoFSDP(FSDPStrategy):
     def clip_grad_norm(self, max_norm: float) -> Tensor:
         """Clip the gradients to a total norm of ``max_norm`` over every rank's shard: FSDP's own
         ``clip_grad_norm_`` on the root unit (a collective), which kaleido's modules call for norm clipping
-        (``StrategyClipping``; Lightning's FSDP plugin clips by value only). Returns the norm before clipping."""
+        (``GradientClipping``; Lightning's FSDP plugin clips by value only). Returns the norm before clipping."""
         return self.model.clip_grad_norm_(max_norm)  # type: ignore[union-attr,operator]

@@ -189,3 +189,27 @@ def test_an_interval_save_at_the_last_step_is_not_repeated(tmp_path: Any) -> Non
     callback._save_last_checkpoint = lambda trainer, *a: (saves.append(trainer.global_step), original(trainer, *a))  # type: ignore[method-assign]
     fit(Regression(), callback, max_steps=10)
     assert saves == [5, 10]
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_bf16_clipping_works_with_a_fused_adam_and_clips(text_data, algorithm: str) -> None:  # type: ignore[no-untyped-def]
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimiser even without a loss scaler;
+    kaleido clips the true gradients itself (GradientClipping): a fused Adam trains under bf16 with the
+    paper's clipping, and the gradients come out clipped."""
+    import kaleido
+    from tests.conftest import tiny_model_kwargs
+
+    kwargs = {**tiny_model_kwargs(), "optimizer": {"lr": 1e-3, "warmup_steps": 1, "fused": True}}
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **kwargs)
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, gradient_clip_val=0.5, gradient_clip_algorithm=algorithm,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=text_data)
+    assert trainer.global_step == 2 and trainer.optimizers[0].defaults["fused"] is True
+    for p in model.parameters():  # gradients far above the bound
+        p.grad = torch.full_like(p, 10.0)
+    model.configure_gradient_clipping(trainer.optimizers[0], 0.5, algorithm)
+    grads = [p.grad for p in model.parameters()]
+    if algorithm == "norm":
+        assert torch.nn.utils.get_total_norm(grads).item() == pytest.approx(0.5, rel=1e-4)
+    else:
+        assert max(g.abs().max().item() for g in grads) == 0.5

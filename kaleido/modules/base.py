@@ -18,7 +18,7 @@ from kaleido.checkpoint_io import CHECKPOINT_KEY
 from kaleido.diffusion.guiders import Guider, GuiderSpec, build_guider, guided_denoiser
 from kaleido.diffusion.samplers import build_sampler
 from kaleido.diffusion.schedule import CosineSchedule
-from kaleido.modules.common import StrategyClipping, adam_with_warmup, checkpoint_record, log_options
+from kaleido.modules.common import GradientClipping, adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import (
     Compile,
     DiffusionSettings,
@@ -54,7 +54,7 @@ def _rename_legacy_keys(module: torch.nn.Module, state_dict: dict, prefix: str, 
     rename_keys(state_dict, prefix, {"unet.": "denoiser."})
 
 
-class ConditionalDiffusion(StrategyClipping, LightningModule, ABC):
+class ConditionalDiffusion(GradientClipping, LightningModule, ABC):
     """Base class. Subclasses say how a batch becomes a conditioning sequence (``condition``)."""
 
     uses_latents: ClassVar[bool] = False

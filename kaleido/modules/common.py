@@ -16,31 +16,46 @@ from kaleido.tokenizer import KaleidoTokenizer
 
 
 def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSettings) -> dict[str, Any]:
-    """Adam with a linear learning-rate warm-up, stepped per optimiser step (Lightning's format)."""
-    # Not fused: Lightning refuses gradient clipping (the paper's) with optimisers that unscale internally.
+    """Adam with a linear learning-rate warm-up, stepped per optimiser step (Lightning's format); fused (one
+    kernel over every parameter) as ``settings.fused`` says, by default when every parameter is on a GPU."""
+    trainable = [p for p in parameters if p.requires_grad]
+    fused = settings.fused if settings.fused is not None else bool(trainable) and all(p.is_cuda for p in trainable)
     optimizer = torch.optim.Adam(
-        [p for p in parameters if p.requires_grad],
-        lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
+        trainable, lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
+        **({"fused": True} if fused else {}),
     )
     warmup = max(1, settings.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-class StrategyClipping:
-    """Gradient clipping by norm through the strategy, where the strategy clips by its own means (a
-    ``clip_grad_norm(max_norm)`` method: FSDP's norm over every rank's shard, ``kaleido.fsdp.KaleidoFSDP``);
-    Lightning's own clipping otherwise. Lightning's FSDP precision plugin refuses norm clipping
-    (Lightning-AI/pytorch-lightning#19235), and the paper clips by norm. Mixed into kaleido's modules."""
+class GradientClipping:
+    """The trainer's gradient clipping (``gradient_clip_val``), done by kaleido where Lightning refuses it.
+    Mixed into kaleido's modules.
+
+    - By norm, through the strategy when it clips by its own means (a ``clip_grad_norm(max_norm)`` method:
+      FSDP's norm over every rank's shard, ``kaleido.fsdp.KaleidoFSDP``): Lightning's FSDP precision plugin
+      refuses norm clipping (Lightning-AI/pytorch-lightning#19235), and the paper clips by norm.
+    - Without loss scaling (bf16 and 32-bit training), directly on the optimiser's parameters: the gradients
+      are the true ones, whatever the optimiser. Lightning's mixed-precision plugin refuses any optimiser that
+      could unscale gradients itself (a fused Adam), even with no scaler to unscale.
+    - With fp16 loss scaling, Lightning's own (it unscales first)."""
 
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        clip_norm = getattr(self.trainer.strategy, "clip_grad_norm", None)  # type: ignore[attr-defined]
-        if gradient_clip_val and clip_norm is not None and gradient_clip_algorithm in (None, "norm"):
-            clip_norm(float(gradient_clip_val))
+        if not gradient_clip_val:
             return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        clip_norm = getattr(self.trainer.strategy, "clip_grad_norm", None)  # type: ignore[attr-defined]
+        if by_norm and clip_norm is not None:
+            clip_norm(float(gradient_clip_val))
+        elif getattr(self.trainer.precision_plugin, "scaler", None) is None:  # type: ignore[attr-defined]
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            clip = torch.nn.utils.clip_grad_norm_ if by_norm else torch.nn.utils.clip_grad_value_
+            clip(parameters, float(gradient_clip_val))
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]
 
 
 def log_options(stage: str, batch_size: int) -> dict[str, Any]:

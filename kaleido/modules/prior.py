@@ -10,13 +10,13 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from kaleido.checkpoint_io import CHECKPOINT_KEY
-from kaleido.modules.common import StrategyClipping, adam_with_warmup, checkpoint_record, log_options, sample_latent_ids
+from kaleido.modules.common import GradientClipping, adam_with_warmup, checkpoint_record, log_options, sample_latent_ids
 from kaleido.modules.settings import OptimizerSettings, SamplingSettings, T5Settings, from_dict, to_dict
 from kaleido.nn.prior import LatentPriorNet
 from kaleido.tokenizer import KaleidoTokenizer
 
 
-class LatentPrior(StrategyClipping, LightningModule):
+class LatentPrior(GradientClipping, LightningModule):
     """p(z | c) alone: teacher-forced token cross-entropy. ``Kaleido(init_prior_from=ckpt)`` starts
     its prior from this module's checkpoint.
 

@@ -79,6 +79,7 @@ class OptimizerSettings:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 1000
+    fused: bool | None = None  # one kernel for every parameter's update; None: fused when every parameter is on a GPU
 
 
 __all__ = ["DiffusionSettings", "OptimizerSettings", "SamplingSettings", "T5Settings", "UNetSettings", "from_dict", "to_dict"]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kaleido.__about__ import __version__
 from kaleido.checkpoint_io import CHECKPOINT_KEY
-from kaleido.modules.common import StrategyClipping, adam_with_warmup, checkpoint_record, log_options
+from kaleido.modules.common import GradientClipping, adam_with_warmup, checkpoint_record, log_options
 from kaleido.modules.settings import OptimizerSettings, from_dict, to_dict
 from kaleido.nn.vqvae import VQVAE, VQSettings
 from kaleido.tokenizer import KaleidoTokenizer
@@ -39,7 +39,7 @@ def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
     return torch.zeros(codebook_size, device=codes.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
 
 
-class VQTokenizer(StrategyClipping, LightningModule):
+class VQTokenizer(GradientClipping, LightningModule):
     """Trains :class:`kaleido.nn.vqvae.VQVAE` on the images of any data module (reconstruction +
     commitment loss; the codebook follows by EMA).
 
