@@ -94,3 +94,32 @@ def test_a_diverging_fit_ends_with_one_line_and_a_failing_exit_code(tmp_path: Pa
     assert last.startswith("error: training stopped: non-finite loss or gradient at step 1"), result.stderr[-2000:]
     assert "no checkpoint was written" in last and "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing was saved before step 1, and nothing non-finite after
+
+
+def test_a_deferred_check_stops_one_step_later_naming_the_bad_step(
+    text_data: ShapesDataModule, tmp_path: Path, single_thread: None
+) -> None:
+    """check: deferred (the GPU default for stop: no host sync per step) reads step k's answer at step k + 1,
+    or at a checkpoint, whichever comes first: the bad step is named, nothing non-finite is written."""
+    with pytest.raises(NonFiniteError) as error:  # a checkpoint every step: it reads the answer first
+        _fit(text_data, tmp_path / "a", NonFiniteGuard(check="deferred"), poisoned=[3], max_steps=6)
+    message = str(error.value)
+    assert "\n" not in message and "at step 3 (epoch 0)" in message and "nan" in message
+    assert "The step was applied" in message and "last.ckpt" in message
+    saved = sorted((tmp_path / "a").glob("*.ckpt"))
+    assert {p.name for p in saved} == {"last.ckpt", "epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "epoch=0-step=3.ckpt"}
+    assert all(_all_finite(p) for p in saved)
+
+    guard = NonFiniteGuard(check="deferred")  # no checkpoint in between: the next step's check stops the run
+    trainer = Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, callbacks=[guard, PoisonBatches([3])])
+    with pytest.raises(NonFiniteError, match=r"at step 3 \(epoch 0\).*no checkpoint was written"):
+        trainer.fit(Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()), text_data)
+    assert trainer.global_step == 4  # step 3 was applied; step 4 stopped before its optimiser ran
+
+
+def test_the_check_setting_says_what_it_accepts() -> None:
+    with pytest.raises(ValueError, match="check 'deferred' needs action 'stop'"):
+        NonFiniteGuard(action="skip", check="deferred")
+    with pytest.raises(ValueError, match=r"check must be one of \('auto', 'now', 'deferred'\), got 'later'"):
+        NonFiniteGuard(check="later")  # type: ignore[arg-type]
