@@ -101,6 +101,22 @@ def test_training_loader_resumes_mid_epoch_from_a_checkpoint(shards: Path, tmp_p
     assert sorted(again) == sorted(epoch) and again != epoch
 
 
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_resume_onto_another_number_of_workers_repeats_nothing(shards: Path, before: int, after: int) -> None:
+    """litdata's elastic resume re-stripes the rest of the epoch over the new workers: no item twice; what is
+    left out is only what drop_last leaves out of each worker's share (fewer than a batch per worker)."""
+    loader = shard_data(shards, num_workers=before).train_dataloader()
+    iterator = iter(loader)
+    first = _ids(next(iterator) for _ in range(3))
+    state = CombinedLoader(loader)._state_dicts()
+    del iterator, loader
+    resumed = shard_data(shards, num_workers=after).train_dataloader()
+    CombinedLoader(resumed)._load_state_dicts(state)
+    epoch = first + _ids(resumed)
+    assert len(epoch) == len(set(epoch))
+    assert 0 <= NUM_TRAIN - len(epoch) < after * (BATCH - 1) + 1 and len(epoch) % BATCH == 0
+
+
 def _rank_items(rank: int, shards: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["KALEIDO_TEST_PORT"])
     dist.init_process_group("gloo", rank=rank, world_size=2)
