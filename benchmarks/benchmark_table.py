@@ -23,7 +23,7 @@ MODES = {"eager": "false", "compiled": "true", "cudagraphs": "reduce-overhead"} 
 COLUMNS = (
     "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU",
     "loader / conditioning / denoiser / optimiser", "step / denoiser-only", "DDPM CFG step / raw forward",
-    "device busy, kernels per step",
+    "device busy, kernels per step", "Trainer.fit step / step",
 )
 
 
@@ -36,10 +36,12 @@ def row(result: dict[str, Any], name: str, mode: str) -> list[str]:
     ratio = ddpm.get("step_over_raw_forward")
     profile = train.get("profile")  # with --profile_steps only
     busy = "–" if not profile else f"{profile['busy_share']:.0%}, {profile['kernels_per_step']:,.0f}"
+    fit = result.get("fit")  # with --fit_steps only
+    fit_ratio = "–" if not fit else f"{fit['over_training_step']:.2f}"
     return [
         name, mode, str(result["settings"]["batch_size"]), f"{1000 * train['step_s']:.1f}", f"{train['images_per_s']:,.0f}",
         f"{train['flops_per_image'] / 1e9:.2f}", mfu, shares + " %", f"{result['denoiser_only']['step_over_denoiser_only']:.2f}",
-        "–" if ratio is None else f"{ratio:.2f}", busy,
+        "–" if ratio is None else f"{ratio:.2f}", busy, fit_ratio,
     ]
 
 
