@@ -65,6 +65,9 @@ def test_the_profile_says_where_the_step_goes(result: dict[str, Any]) -> None:
     top = [entry["us_per_step"] for entry in profile["top"]]
     assert top == sorted(top, reverse=True) and len(top) == 12
     assert "device busy" in format_table(result)
+    sampling = result["sampling"]["profile"]  # the raw forward of the doubled batch, profiled the same way
+    assert sampling["steps"] == 2 and sampling["kernels_per_step"] > 10 and sum(sampling["by_category"].values()) == pytest.approx(1.0)
+    assert "sampling profile" in format_table(result)
 
 
 def test_fit_runs_the_config_s_trainer_beside_the_bare_step(result: dict[str, Any]) -> None:

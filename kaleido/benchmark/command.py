@@ -95,8 +95,9 @@ def benchmark(
         peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU).
         sample_steps: sampler steps of the whole-sampler measure (default: the config's sampling.num_steps); >= 2.
         cfg_scale: the guidance scale of the sampling measures, not 1 (default: the config's sampling.cfg_scale).
-        profile_steps: that many more training steps under ``torch.profiler`` (after the timed ones): the device's
-            busy share, kernels per step, busy time by kind of kernel and the longest kernels (0: none).
+        profile_steps: that many more training steps, and raw forwards of the doubled sampling batch, under
+            ``torch.profiler`` (after the timed ones): the device's busy share, kernels per step, busy time by
+            kind of kernel and the longest kernels (0: none).
         fit_steps: that many steps of Lightning's ``Trainer.fit`` on the same model and data (the config's callbacks,
             logger and progress bar; no validation), timed after ``warmup`` more: what the loop around the step costs (0: none).
         output: the JSON written.
@@ -145,7 +146,7 @@ def benchmark(
         raise ValueError("the data module's conditions('train') is empty: sampling needs conditions")
     conditions = (conditions * batch_size)[:batch_size]
     compiling = model.compile_training
-    sampling = measure_sampling(model, conditions, cfg_scale, sample_steps, compiling, device, autocast, steps, warmup)
+    sampling = measure_sampling(model, conditions, cfg_scale, sample_steps, compiling, device, autocast, steps, warmup, profile_steps)
 
     result = {
         "settings": {
@@ -209,6 +210,8 @@ def format_table(result: dict[str, Any]) -> str:
         fit = result["fit"]
         rows.append(("Trainer.fit step", f"{fit['step_s'] * 1e3:.1f} ms   {fit['images_per_s']:.1f} images/s   "
                                          f"fit / training step {fit['over_training_step']:.2f}  ({fit['steps']} steps)"))
+    if sampling.get("profile"):
+        rows += [(label.replace("profile", "sampling profile", 1), value) for label, value in format_profile(sampling["profile"])]
     for name, m in sampling["samplers"].items():
         rows.append((f"{name} CFG {s['cfg_scale']:g} step", f"{m['step_s'] * 1e3:.1f} ms   step / raw forward {m['step_over_raw_forward']:.2f}   "
                                                            f"{s['sample_steps']} steps: {m['images_per_s']:.2f} images/s"))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from kaleido.benchmark.clock import seconds_per_call, sync
+from kaleido.benchmark.profile import profile_steps
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import Compile, SamplingSettings
 
@@ -20,8 +21,10 @@ SAMPLERS: tuple[str, ...] = typing.get_args(typing.get_type_hints(SamplingSettin
 
 def measure_sampling(
     model: ConditionalDiffusion, conditions: list[str], cfg_scale: float, sample_steps: int, compile: Compile,
-    device: str, autocast: Callable[[], AbstractContextManager], steps: int, warmup: int,
+    device: str, autocast: Callable[[], AbstractContextManager], steps: int, warmup: int, profile: int = 0,
 ) -> dict[str, Any]:
+    """The raw forward of the doubled batch, each sampler's step and whole ``generate``; with ``profile`` > 0,
+    that many more raw forwards under the profiler (``"profile"``: where sampling's device time goes)."""
     model.eval()
     rows = 2 * len(conditions)
     with torch.no_grad(), autocast():
@@ -43,6 +46,7 @@ def measure_sampling(
     first, raw = seconds_per_call(forward, device, steps, warmup)
     result: dict[str, Any] = {
         "raw_forward_s": raw, "raw_forward_images_per_s": len(conditions) / raw, "first_forward_s": first, "samplers": {},
+        "profile": profile_steps(forward, profile, device) if profile else None,
     }
     for sampler in SAMPLERS:
 
