@@ -168,3 +168,18 @@ def test_the_data_module_measures_mode_coverage_with_its_min_share() -> None:
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="mode_min_share"):
             ShapesDataModule(mode_min_share=bad)
+
+
+def test_the_training_scenes_are_drawn_once_per_data_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluate sweep measures mode coverage once per run: the 50,000 training scenes (~10 s) are drawn once."""
+    from kaleido.shapes import ShapesDataset
+
+    data = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=40, num_val=4, num_test=4)
+    drawn: list[int] = []
+    scene = ShapesDataset.scene
+    monkeypatch.setattr(ShapesDataset, "scene", lambda self, i: drawn.append(i) or scene(self, i))
+    train = data.shapes_split("train")
+    images = torch.stack([train[i]["image"] for i in range(4)])
+    first = data.sample_metrics(images, ["a circle"] * 4)[0]
+    count = len(drawn)
+    assert data.sample_metrics(images, ["a circle"] * 4)[0] == first and len(drawn) == count
