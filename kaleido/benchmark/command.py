@@ -36,8 +36,11 @@ class _ModelAndData(KaleidoCLI):
 
 def build(config: Path, overrides: list[str]) -> tuple[ConditionalDiffusion, LightningDataModule, Any]:
     """The model, the data module and the ``trainer`` section of a training config, as ``fit`` builds them."""
-    cli = _parse(config, overrides)
-    return cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
+    return _parts(_parse(config, overrides))
+
+
+def _parts(cli: _ModelAndData) -> tuple[ConditionalDiffusion, LightningDataModule, Any]:
+    return cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]  # type: ignore[return-value]
 
 
 def _parse(config: Path, overrides: list[str]) -> _ModelAndData:
@@ -113,8 +116,8 @@ def benchmark(
     if compile is not None:
         overrides += ["--model.init_args.compile", str(compile).lower() if isinstance(compile, bool) else compile]
         overrides += ["--data.init_args.pad_to_limits", "true"] if compile else []
-    cli = _parse(config, overrides)
-    model, data, trainer = cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]
+    cli = _parse(config, overrides)  # kept: --fit_steps builds the config's Trainer from it
+    model, data, trainer = _parts(cli)
     precision = _precision(precision, trainer.get("precision"))  # type: ignore[assignment]
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
     if not math.isfinite(cfg_scale) or cfg_scale < 0 or cfg_scale == 1:
@@ -211,7 +214,7 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("Trainer.fit step", f"{fit['step_s'] * 1e3:.1f} ms   {fit['images_per_s']:.1f} images/s   "
                                          f"fit / training step {fit['over_training_step']:.2f}  ({fit['steps']} steps)"))
     if sampling.get("profile"):
-        rows += [(label.replace("profile", "sampling profile", 1), value) for label, value in format_profile(sampling["profile"])]
+        rows += format_profile(sampling["profile"], "sampling profile")
     for name, m in sampling["samplers"].items():
         rows.append((f"{name} CFG {s['cfg_scale']:g} step", f"{m['step_s'] * 1e3:.1f} ms   step / raw forward {m['step_over_raw_forward']:.2f}   "
                                                            f"{s['sample_steps']} steps: {m['images_per_s']:.2f} images/s"))

@@ -1,10 +1,11 @@
-"""Where a training step's device time goes, kernel by kernel: ``benchmark --profile_steps N``.
+"""Where a step's device time goes, kernel by kernel: ``benchmark --profile_steps N``.
 
-N more training steps run under ``torch.profiler`` after the timed ones (the profiler slows the host, so
-they are never the timed steps). On a GPU it reads the CUDA kernels; on a CPU, the operators' self times
-(an operator's own time, without the operators it calls: they tile the step). Two numbers tell a launch-bound step from a compute-bound one: the share
-of the wall time during which the device runs a kernel (``busy_share``), and the kernels per step with
-their mean length. The rest groups kernel time by what the kernel does, read from its name.
+N more training steps, and N more raw sampling forwards, run under ``torch.profiler`` after the timed ones
+(the profiler slows the host, so they are never the timed calls). On a GPU it reads the CUDA kernels; on a
+CPU, the operators' self times (an operator's own time, without the operators it calls: they tile the
+step). Two numbers tell a launch-bound step from a compute-bound one: the share of the wall time during
+which the device runs a kernel (``busy_share``), and the kernels per step with their mean length. The rest
+groups kernel time by what the kernel does, read from its name.
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ def profile_steps(step: Callable[[], None], steps: int, device: str) -> dict[str
     }
 
 
-def format_profile(profile: dict[str, Any]) -> list[tuple[str, str]]:
-    """The profile's rows of the printed table."""
+def format_profile(profile: dict[str, Any], label: str = "profile") -> list[tuple[str, str]]:
+    """The profile's rows of the printed table, the first named ``label``."""
     categories = "  ".join(f"{label} {value:.0%}" for label, value in profile["by_category"].items() if value >= 0.005)
     rows = [
-        (f"profile ({profile['steps']} steps)", f"device busy {profile['busy_share']:.0%} of the step's wall time; "
+        (f"{label} ({profile['steps']} steps)", f"device busy {profile['busy_share']:.0%} of the step's wall time; "
                                                 f"{profile['kernels_per_step']:,.0f} {profile['unit']} per step, "
                                                 f"mean {profile['mean_kernel_us']:.1f} µs"),
         ("  busy time", categories),

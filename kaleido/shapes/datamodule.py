@@ -139,7 +139,7 @@ class ShapesDataModule(LightningDataModule, KaleidoData):
         self.mode_min_share = mode_min_share
         self._tokenizer: KaleidoTokenizer | None = None
         self._extracted: dict[str, dict[str, list[Any]]] = {}  # split → type name → latent per item
-        self._scenes: dict[str, tuple[list[Scene], list[str]]] = {}  # split → its scenes and their conditions
+        self._train_scenes: tuple[list[Scene], list[str]] | None = None  # the training scenes and their conditions
 
     @property
     def image_size(self) -> int:
@@ -178,11 +178,11 @@ class ShapesDataModule(LightningDataModule, KaleidoData):
     def sample_metrics(self, images: Tensor, conditions: Sequence[str]) -> tuple[dict[str, float], dict[str, Any]]:
         """Mode coverage of the samples against the training scenes (:mod:`kaleido.shapes.modes`); the scenes
         are drawn once per data module (50,000 take ~10 s on one core), not once per evaluated run."""
-        if "train" not in self._scenes:
+        if self._train_scenes is None:
             shapes = self.shapes_split("train")
             scenes = [shapes.scene(i) for i in range(len(shapes))]
-            self._scenes["train"] = scenes, [condition_text(s) for s in scenes]
-        scenes, scene_conditions = self._scenes["train"]
+            self._train_scenes = scenes, [condition_text(s) for s in scenes]
+        scenes, scene_conditions = self._train_scenes
         coverage = shapes_mode_coverage(images, conditions, scenes, scene_conditions, self.mode_min_share)
         details = {c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()}
         return coverage.summary(), details
