@@ -130,6 +130,8 @@ def test_flops_match_an_independent_count_of_the_training_step(config: Path, res
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--sample_steps", "1"], "--sample_steps must be >= 2"),
         (["--device", "tpu"], "device 'tpu' is not"),
+        (["--profile_steps", "-1"], "--profile_steps must be >= 0, got -1"),
+        (["--fit_steps", "-2"], "--fit_steps must be >= 0, got -2"),
     ],
 )
 def test_a_bad_flag_is_one_line(config: Path, flags: list[str], words: str) -> None:

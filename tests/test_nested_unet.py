@@ -47,6 +47,8 @@ def test_two_outputs_one_per_resolution() -> None:
         NestedUNet(inner=TINY_UNET, **OUTER, cond_dim=COND_DIM, image_size=18)
     with pytest.raises(ValueError, match="loss_weights must be"):
         nested(loss_weights=(0.0, 1.0))
+    with pytest.raises(ValueError, match="inner_input must be 'matched' or 'pooled', got 'shifted'"):
+        nested(inner_input="shifted")
 
 
 @pytest.mark.parametrize("inner_input", ["matched", "pooled"])
