@@ -2,6 +2,8 @@
 (docs/performance.md's GPU table):
 
     python benchmarks/benchmark_table.py --configs 'configs/*/*_gpu.yaml' --output bench/ -- --steps 20 --warmup 5
+    python benchmarks/benchmark_table.py --configs configs/shapes/kaleido_text_gpu.yaml --tag nhwc --output bench/ \
+        -- --overrides '[model.init_args.unet.channels_last=true]'       # a variant, its own rows
 
 Each (config, mode) runs in its own process (a compile cache or an out-of-memory error stays with its
 run), writes ``<folder>-<config stem>_<mode>.json`` and its log beside it; a run that fails is a table row that
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default="eager,compiled", help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--render_only", default="false", choices=("true", "false"))
+    parser.add_argument("--tag", default="", help="appended to each row's name: a variant (e.g. with --overrides after --)")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     modes = args.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--configs {args.configs!r} matches no file")
         for config in configs:
             for mode in modes:
-                stem = args.output / f"{Path(config).parent.name}-{Path(config).stem}_{mode}"  # configs/mnist and configs/shapes share stems
+                tag = f"+{args.tag}" if args.tag else ""
+                stem = args.output / f"{Path(config).parent.name}-{Path(config).stem}{tag}_{mode}"  # configs/mnist and configs/shapes share stems
                 command = [sys.executable, "-m", "kaleido", "benchmark", "--config", config, "--compile", MODES[mode],
                            "--output", f"{stem}.json", *extra]
                 print(" ".join(command), flush=True)

@@ -132,6 +132,7 @@ def test_flops_match_an_independent_count_of_the_training_step(config: Path, res
         (["--device", "tpu"], "device 'tpu' is not"),
         (["--profile_steps", "-1"], "--profile_steps must be >= 0, got -1"),
         (["--fit_steps", "-2"], "--fit_steps must be >= 0, got -2"),
+        (["--overrides", "[model.init_args.compile]"], "--overrides: 'model.init_args.compile' is not key=value"),
     ],
 )
 def test_a_bad_flag_is_one_line(config: Path, flags: list[str], words: str) -> None:
@@ -139,6 +140,32 @@ def test_a_bad_flag_is_one_line(config: Path, flags: list[str], words: str) -> N
         main(["benchmark", "--config", str(config), *flags])
     message = str(exit_info.value.code)
     assert message.startswith("error: ") and words in message and "\n" not in message
+
+
+def test_an_override_builds_the_variant_it_names(config: Path) -> None:
+    model, data, _ = build(config, ["--model.init_args.unet.channels_last", "true", "--data.init_args.batch_size", "2"])
+    assert model.denoiser.channels_last is True and data.batch_size == 2
+
+
+def test_fit_trains_a_model_the_sampling_measures_left_in_eval_mode(config: Path) -> None:
+    # In eval mode a compiled model's training step would run its uncompiled networks: fit's figure would
+    # then be the eager step's.
+    from lightning.pytorch import Callback, Trainer
+
+    from kaleido.benchmark.fit import measure_fit
+
+    class Modes(Callback):
+        seen: list[bool] = []
+
+        def on_train_batch_start(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+            self.seen.append(pl_module.training)
+
+    model, data, _ = build(config, [])
+    model.eval()
+    modes = Modes()
+    measure_fit(lambda **kw: Trainer(callbacks=[modes], logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                     enable_checkpointing=False, **kw), model, data, 2, 1, "cpu", "32")
+    assert modes.seen == [True, True, True]
 
 
 def test_a_missing_config_is_one_line(tmp_path: Path) -> None:

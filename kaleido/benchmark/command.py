@@ -58,6 +58,17 @@ def _parse(config: Path, overrides: list[str]) -> _ModelAndData:
     return cli
 
 
+def config_arguments(overrides: list[str]) -> list[str]:
+    """``["key=value", ...]`` as fit's command-line arguments ``["--key", "value", ...]``."""
+    arguments = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or key.startswith("-"):
+            raise ValueError(f"--overrides: {item!r} is not key=value (e.g. model.init_args.unet.channels_last=true)")
+        arguments += [f"--{key.strip()}", value]
+    return arguments
+
+
 def _precision(given: str | None, trainer_precision: object) -> str:
     if given is not None:
         return given
@@ -80,6 +91,7 @@ def benchmark(
     cfg_scale: float | None = None,
     profile_steps: int = 0,
     fit_steps: int = 0,
+    overrides: list[str] | None = None,
     output: Path = Path("benchmark.json"),
 ) -> dict[str, Any]:
     """Measure a training config: the training step (images/s, FLOPs, MFU, where the time goes), the
@@ -103,6 +115,8 @@ def benchmark(
             kind of kernel and the longest kernels (0: none).
         fit_steps: that many steps of Lightning's ``Trainer.fit`` on the same model and data (the config's callbacks,
             logger and progress bar; no validation), timed after ``warmup`` more: what the loop around the step costs (0: none).
+        overrides: changes to the config as ``key=value``, each what ``fit --key value`` would set, e.g.
+            ``model.init_args.unet.channels_last=true``: a variant measured without writing a config.
         output: the JSON written.
     """
     for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("sample_steps", sample_steps, 2),
@@ -112,11 +126,12 @@ def benchmark(
     if peak_tflops is not None and not peak_tflops > 0:
         raise ValueError(f"--peak_tflops must be > 0, got {peak_tflops}")
     device = resolve_device(device)
-    overrides = [] if batch_size is None else ["--data.init_args.batch_size", str(batch_size)]
+    arguments = config_arguments(overrides or [])
+    arguments += [] if batch_size is None else ["--data.init_args.batch_size", str(batch_size)]
     if compile is not None:
-        overrides += ["--model.init_args.compile", str(compile).lower() if isinstance(compile, bool) else compile]
-        overrides += ["--data.init_args.pad_to_limits", "true"] if compile else []
-    cli = _parse(config, overrides)  # kept: --fit_steps builds the config's Trainer from it
+        arguments += ["--model.init_args.compile", str(compile).lower() if isinstance(compile, bool) else compile]
+        arguments += ["--data.init_args.pad_to_limits", "true"] if compile else []
+    cli = _parse(config, arguments)  # kept: --fit_steps builds the config's Trainer from it
     model, data, trainer = _parts(cli)
     precision = _precision(precision, trainer.get("precision"))  # type: ignore[assignment]
     cfg_scale = model.sampling.cfg_scale if cfg_scale is None else cfg_scale
@@ -155,7 +170,7 @@ def benchmark(
         "settings": {
             "config": str(config), "steps": steps, "warmup": warmup, "batch_size": batch_size, "compile": compiling,
             "precision": precision, "device": device, "sample_steps": sample_steps, "cfg_scale": cfg_scale, "profile_steps": profile_steps,
-            "fit_steps": fit_steps,
+            "fit_steps": fit_steps, "overrides": overrides or [],
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
         },
@@ -195,7 +210,8 @@ def format_table(result: dict[str, Any]) -> str:
     by_part = ", ".join(f"{part} {count / 1e9:.3g}" for part, count in train["flops_per_image_by_part"].items())
     rows = [
         ("config", f"{s['config']}  ({result['model']}, batch {s['batch_size']}, {s['precision']}, "
-                   f"{'eager' if not s['compile'] else 'compiled' if s['compile'] is True else 'compiled, ' + s['compile']})"),
+                   f"{'eager' if not s['compile'] else 'compiled' if s['compile'] is True else 'compiled, ' + s['compile']})"
+                   + "".join(f"  {item}" for item in s.get("overrides", []))),
         ("device", f"{result['device_name']}, torch {result['torch']}, {result['date']}"),
         ("training step", f"{train['step_s'] * 1e3:.1f} ms   {train['images_per_s']:.1f} images/s"),
         ("  first step", f"{train['first_step_s']:.2f} s, of which the loader's start {train['first_step_loader_s']:.2f} s"

@@ -48,6 +48,9 @@ def measure_fit(
     """Seconds per ``Trainer.fit`` step over ``steps`` steps after ``warmup`` (worker start, compiling).
     ``make_trainer(**overrides)`` builds the config's Trainer with the given arguments replaced."""
     timer = StepTimer(warmup, device)
+    # The sampling measures leave the model in eval mode, and Lightning starts fit in the mode it finds; in
+    # eval mode a compiled model's training step runs its uncompiled networks (``training_network``).
+    model.train()
     with tempfile.TemporaryDirectory(prefix="kaleido-benchmark-fit-") as root:  # the logger's and checkpoints' files
         trainer: Trainer = make_trainer(
             max_steps=warmup + steps, max_epochs=-1, max_time=None, limit_val_batches=0, num_sanity_val_steps=0,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kaleido.nn.norms import LayerNorm, RMSNorm
+
 
 class MultiHeadAttention(nn.Module):
     """Self-attention (`context=None`) or cross-attention from `x` [B, N, dim] to `context` [B, L, context_dim].
@@ -28,8 +30,8 @@ class MultiHeadAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
         head_dim = dim // num_heads
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
 
     def heads(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values, each [B, heads, length, head_dim]."""
@@ -78,9 +80,9 @@ class TransformerBlock(nn.Module):
         self, dim: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, qk_norm: bool = False
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, qk_norm=qk_norm)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -13,11 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kaleido.nn.attention import MultiHeadAttention
-
-
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= max_groups that divides `channels` (32 for usual widths)."""
-    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+from kaleido.nn.norms import LayerNorm, group_norm
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -66,7 +62,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.norm_self = group_norm(channels)
         self.self_attn = MultiHeadAttention(channels, num_heads, qk_norm=qk_norm)
-        self.norm_cross = nn.LayerNorm(channels)
+        self.norm_cross = LayerNorm(channels)
         self.cross_attn = MultiHeadAttention(channels, num_heads, context_dim=context_dim, qk_norm=qk_norm)
         zero_init(self.self_attn.proj)
         zero_init(self.cross_attn.proj)

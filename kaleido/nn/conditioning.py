@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kaleido.nn.attention import TransformerBlock
 from kaleido.nn.denoiser import Denoiser
+from kaleido.nn.norms import LayerNorm
 
 
 class ConditionedDenoiser(Denoiser):
@@ -36,7 +37,7 @@ class ConditionedDenoiser(Denoiser):
         self.cond_blocks = nn.ModuleList(
             TransformerBlock(width, num_heads, dropout=dropout, qk_norm=qk_norm) for _ in range(cond_layers)
         )
-        self.cond_norm = nn.LayerNorm(width)
+        self.cond_norm = LayerNorm(width)
         self.pool_proj = nn.Linear(width, width)
 
     def encode_condition(

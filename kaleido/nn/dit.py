@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from kaleido.nn.attention import MultiHeadAttention
 from kaleido.nn.blocks import timestep_embedding, zero_init
 from kaleido.nn.conditioning import ConditionedDenoiser
+from kaleido.nn.norms import LayerNorm, RMSNorm
 
 # (depth, hidden, heads) of DiT's Table 1; patch size is a separate argument (DiT-S/2 = size S, patch 2).
 DIT_SIZES: dict[str, tuple[int, int, int]] = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16)}
@@ -41,11 +42,11 @@ class DiTBlock(nn.Module):
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=nn.RMSNorm)
-        self.norm_cross = nn.LayerNorm(hidden, eps=1e-6)
+        self.norm1 = LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden, num_heads=heads, qkv_bias=True, qk_norm=qk_norm, norm_layer=RMSNorm)
+        self.norm_cross = LayerNorm(hidden, eps=1e-6)
         self.cross_attn = MultiHeadAttention(hidden, heads, qk_norm=qk_norm)  # keys: encode_condition's context
-        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm2 = LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
@@ -61,7 +62,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden: int, patch_size: int, out_channels: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm = LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 

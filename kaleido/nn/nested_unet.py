@@ -146,6 +146,8 @@ class NestedUNet(Denoiser):
             load_inner_weights(self.inner_unet, inner_checkpoint, self.inner_size)
         if freeze_inner:
             self.inner_unet.requires_grad_(False)
+        if settings.channels_last:  # the outer levels take the inner UNet's memory layout
+            self.to(memory_format=torch.channels_last)
 
     # The outer blocks take the inner UNet's embedding and conditioning sequence (MDM's outer levels have
     # no conditioning path of their own).
@@ -184,14 +186,15 @@ class NestedUNet(Denoiser):
         check_divisible(x, self.nest_ratio * self.inner_unet.downsample_factor)
         encoded = self.inner_unet.encode_condition(cond, cond_mask, uncond)
         c: UNetContext = self.inner_unet.embed_time(t, encoded)
-        h, skips = run_down(self.down, self.input_conv(x), c)
+        layout = torch.channels_last if self.inner_unet.channels_last else torch.contiguous_format
+        h, skips = run_down(self.down, self.input_conv(x.contiguous(memory_format=layout)), c)
         view = self.inner_view(downsample_to(x, h.shape[-1]), t)
         c_inner = c if view.t is t else self.inner_unet.embed_time(view.t, encoded)
         inner = self.inner_unet.features(view.x.to(x.dtype), c_inner, extra=self.in_adapter(h))
         return run_up(self.up, h + self.out_adapter(inner), skips, c), inner, view
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
-        return self.out(self.features(x, t, cond, cond_mask, uncond)[0])
+        return self.out(self.features(x, t, cond, cond_mask, uncond)[0]).contiguous()
 
     def pooled_output(self, inner_output: Tensor, view: InnerView) -> Tensor:
         """The inner head's output, a prediction at (x', t'), as the same parametrisation of the pooled
@@ -208,7 +211,8 @@ class NestedUNet(Denoiser):
         """The full-resolution prediction and the inner UNet's, at the inner resolution (MDM's two-resolution loss)."""
         outer, inner, view = self.features(x, t, cond, cond_mask, uncond)
         full, low = self.loss_weights
-        return [TrainingOutput(self.out(outer), full), TrainingOutput(self.pooled_output(self.inner_unet.out(inner), view), low)]
+        inner_output = self.pooled_output(self.inner_unet.out(inner), view)
+        return [TrainingOutput(self.out(outer).contiguous(), full), TrainingOutput(inner_output.contiguous(), low)]
 
 
 def stored_unet_spec(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
@@ -232,7 +236,8 @@ def load_inner_weights(unet: UNet, path: str | Path, inner_size: int) -> None:
     stored = {"in_channels": 3, **asdict(UNetSettings()), **(spec.get("init_args") or {})}
     found = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}  # lists: a YAML's or an old file's
     expected = unet.init_args()
-    differ = [f"{k} {expected[k]!r} expected, {found.get(k)!r} found" for k in expected if expected[k] != found.get(k)]
+    layout = ("channels_last",)  # how tensors lie in memory, not what the weights are
+    differ = [f"{k} {expected[k]!r} expected, {found.get(k)!r} found" for k in expected if k not in layout and expected[k] != found.get(k)]
     if differ:
         raise ValueError(f"inner_checkpoint {path} holds a UNet of other settings than `inner`: {'; '.join(differ)}")
     trained_at = (checkpoint.get("hyper_parameters") or {}).get("image_size")

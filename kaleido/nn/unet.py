@@ -23,11 +23,11 @@ from kaleido.nn.blocks import (
     Downsample,
     ResBlock,
     Upsample,
-    group_norm,
     timestep_embedding,
     zero_init,
 )
 from kaleido.nn.conditioning import ConditionedDenoiser
+from kaleido.nn.norms import group_norm
 
 
 @dataclass
@@ -43,6 +43,7 @@ class UNetSettings:
     cond_layers: int = 2
     dropout: float = 0.0
     qk_norm: bool = False  # beyond the paper: RMS-normalised queries and keys in every attention layer
+    channels_last: bool = False  # the memory layout of the convolutions' tensors (UNet's docstring)
 
 
 @dataclass
@@ -157,6 +158,9 @@ class UNet(ConditionedDenoiser):
         cond_layers: transformer layers applied to the conditioning sequence.
         dropout: dropout inside ResBlocks and the conditioning MLPs.
         qk_norm: RMS-normalise queries and keys in every attention layer (see `MultiHeadAttention`).
+        channels_last: keep the weights and activations of the convolutions in NHWC memory layout, the
+            layout of cuDNN's bf16 tensor-core kernels: in NCHW, cuDNN transposes every convolution's input
+            and output (docs/performance.md). The same weights and checkpoints either way.
     """
 
     def __init__(
@@ -171,6 +175,7 @@ class UNet(ConditionedDenoiser):
         cond_layers: int = 2,
         dropout: float = 0.0,
         qk_norm: bool = False,
+        channels_last: bool = False,
         image_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -183,7 +188,7 @@ class UNet(ConditionedDenoiser):
             )
         self.in_channels, self.base_channels, self.channel_mult = in_channels, base_channels, tuple(channel_mult)
         self.num_res_blocks, self.attention_levels, self.num_heads = num_res_blocks, tuple(attention_levels), num_heads
-        self.cond_layers, self.dropout, self.qk_norm = cond_layers, dropout, qk_norm
+        self.cond_layers, self.dropout, self.qk_norm, self.channels_last = cond_layers, dropout, qk_norm, channels_last
         emb_dim = 4 * base_channels
         self.emb_dim = emb_dim
 
@@ -198,6 +203,8 @@ class UNet(ConditionedDenoiser):
         ch = levels.inner_channels
         self.middle = CondSequential([self.res_block(ch, ch), self.attention_block(ch), self.res_block(ch, ch)])
         self.up, self.out = levels.up, levels.out
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def res_block(self, cin: int, cout: int) -> ResBlock:
         return ResBlock(cin, cout, self.emb_dim, self.dropout)
@@ -223,7 +230,7 @@ class UNet(ConditionedDenoiser):
         """The last features before the output head; ``extra`` (the nested UNet's outer features, at the
         input conv's width and resolution) is added to the input conv's output."""
         check_divisible(x, self.downsample_factor)
-        h = self.input_conv(x)
+        h = self.input_conv(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
         if extra is not None:
             h = h + extra
         h, skips = run_down(self.down, h, c)
@@ -233,7 +240,7 @@ class UNet(ConditionedDenoiser):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
         """x [B, C, H, W]; t [B] timestep values (long or float); cond [B, L, cond_dim]; cond_mask [B, L]
         bool (True = real token); uncond [B] bool, True = drop the condition for that row."""
-        return self.out(self.features(x, self.embed(t, cond, cond_mask, uncond)))
+        return self.out(self.features(x, self.embed(t, cond, cond_mask, uncond))).contiguous()
 
 
 __all__ = ["Levels", "UNet", "UNetContext", "UNetSettings", "build_levels", "check_divisible", "check_levels", "run_down", "run_up"]
