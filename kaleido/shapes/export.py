@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from kaleido.data.folder_format import METADATA
+from kaleido.datasets.folder_writer import check_output
 from kaleido.shapes.dataset import ShapesDataset
 from kaleido.shapes.scenes import ShapesConfig, condition_text, render
 
@@ -28,4 +29,26 @@ def export_shapes(root: str | Path, num_items: int, shapes: ShapesConfig | None 
     return root
 
 
-__all__ = ["export_shapes"]
+def prepare_shapes(output: Path, num_items: int = 20000, shapes: ShapesConfig | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write scenes of the embedded ``shapes`` data as an image folder: ``<index>.png`` and ``metadata.jsonl``
+    lines ``{"file_name", "caption"}``, the caption being the scene's condition ("a circle"). The folder
+    pipeline (``extract``, ``shard``, ``ImageFolderDataModule``) on data that needs no download.
+
+    Args:
+        output: the folder to write.
+        num_items: scenes to render.
+        shapes: how scenes are drawn, e.g. ``--shapes.resolution 64`` (default: ShapesConfig's, 32²).
+        seed: the scenes' seed (the data module's ``seed`` draws the same scenes).
+        overwrite: write over an existing folder.
+    """
+    if num_items < 1:
+        raise ValueError(f"--num_items must be >= 1, got {num_items}")
+    output = Path(output)
+    check_output(output, overwrite)
+    shapes = shapes or ShapesConfig()
+    export_shapes(output, num_items, shapes, seed)
+    print(f"shapes: {num_items} images of {shapes.resolution}² -> {output}")
+    return output
+
+
+__all__ = ["export_shapes", "prepare_shapes"]
