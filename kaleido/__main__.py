@@ -11,6 +11,7 @@
     prepare                 a real image data set installed from PyPI (twemoji, mnist), or shapes, as an image folder
     demo                    a local web app: sample z, edit it, redraw from the same noise (the `demo` extra; docs/demo.md)
     benchmark               a training config's step (images/s, FLOPs, MFU, where the time goes) and CFG sampling speed
+    export                  a checkpoint for sampling and evaluation only: one set of weights, float32 or bf16
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         argv = [a for a in argv if a != "--debug"]
         if from_shell:
             sys.argv = [sys.argv[0], *argv]
-    commands = ("sample", "latents", "extract", "shard", "evaluate", "adherence", "report", "prepare", "demo", "benchmark")
+    commands = ("sample", "latents", "extract", "shard", "evaluate", "adherence", "report", "prepare", "demo", "benchmark", "export")
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         from kaleido.datasets.twemoji import prepare_twemoji
         from kaleido.demo import demo
         from kaleido.evaluate import evaluate
+        from kaleido.export import export
         from kaleido.extract import extract
         from kaleido.metrics.report import merge_reports
         from kaleido.sample import sample
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 return
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "shard": shard, "evaluate": evaluate, "adherence": adherence,
-                "report": merge_reports, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist, "shapes": _plugin_function(PREPARE_SHAPES)}, "demo": demo,
+                "report": merge_reports, "export": export, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist, "shapes": _plugin_function(PREPARE_SHAPES)}, "demo": demo,
             }
             CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)

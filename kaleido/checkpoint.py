@@ -18,6 +18,7 @@ from kaleido.checkpoint_io import CHECKPOINT_KEY, read_checkpoint
 from kaleido.tokenizer import KaleidoTokenizer
 
 Weights = Literal["averaged", "trained"]  # the EMA average, or the optimiser's own weights kept beside it
+EXPORT_KEY = "kaleido_export"  # what `python -m kaleido export` wrote: source, weights kept, dtype (kaleido/export.py)
 M = TypeVar("M", bound=LightningModule)
 
 
@@ -25,6 +26,12 @@ def holds_average(checkpoint: dict[str, Any]) -> bool:
     """Whether a checkpoint keeps an EMA average (its ``state_dict``) beside the trained weights, as the
     EMA callback saves them; without one, ``state_dict`` holds the trained weights."""
     return "current_model_state" in checkpoint
+
+
+def exported_weights(checkpoint: dict[str, Any]) -> Weights | None:
+    """Which weights an export (``python -m kaleido export``) holds; None for a checkpoint written by ``fit``."""
+    record = checkpoint.get(EXPORT_KEY)
+    return None if record is None else record["weights"]
 
 
 def _model_class(class_path: str) -> type[LightningModule]:
@@ -59,8 +66,11 @@ def load(
     model = cls(tokenizer=tokenizer, **hparams)
     has_average = holds_average(checkpoint)
     key = "current_model_state" if has_average and weights == "trained" else "state_dict"
-    model.load_state_dict(checkpoint[key])
-    loaded: Weights = "averaged" if has_average and weights == "averaged" else "trained"
+    exported = exported_weights(checkpoint)
+    if exported == "averaged" and weights == "trained":
+        raise ValueError(f"{ckpt_path} is an export of the averaged weights only; load it with weights='averaged', or load its source")
+    model.load_state_dict(checkpoint[key])  # an export's bf16 weights are cast to the model's float32 as they load
+    loaded: Weights = exported or ("averaged" if has_average and weights == "averaged" else "trained")
     model.loaded_weights = loaded  # what samples and metrics record, rather than what was asked for
     return model.to(map_location).eval()  # type: ignore[return-value]
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from kaleido.checkpoint import EXPORT_KEY
 from kaleido.checkpoint_io import check_checkpoint_file
 
 VERSION = re.compile(r"version_(\d+)")
@@ -37,6 +39,17 @@ def latest_run(root: Path) -> tuple[int, Path] | None:
     return None
 
 
+def refuse_export(path: str | Path) -> None:
+    """An export (``python -m kaleido export``) has no optimiser or loop state to resume: one line, not Lightning's KeyError."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights are not read
+    except Exception:  # noqa: BLE001 - not readable here: Lightning's own load says why
+        return
+    if isinstance(checkpoint, dict) and EXPORT_KEY in checkpoint:
+        source = checkpoint[EXPORT_KEY].get("source")
+        raise ValueError(f"{path} is an export for sampling and evaluation (no optimiser state): resume from the run's own checkpoint ({source})")
+
+
 def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
     """The checkpoint ``fit`` should resume from, and the logger pointed at that run's ``version_N``.
 
@@ -48,6 +61,7 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
         return None
     if ckpt_path not in ("last", "hpc", "best"):
         check_checkpoint_file(ckpt_path)  # a truncated or foreign file: one line, before Lightning's traceback
+        refuse_export(ckpt_path)
     logger = trainer.logger
     fixed_dirpath = any(c.dirpath is not None for c in trainer.callbacks if isinstance(c, ModelCheckpoint))
     # ``_version``: the version given to TensorBoardLogger / CSVLogger, None until chosen (Lightning 2.6.6);
@@ -74,4 +88,4 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
     return str(checkpoint)
 
 
-__all__ = ["latest_checkpoint", "latest_run", "resolve_resume"]
+__all__ = ["latest_checkpoint", "latest_run", "refuse_export", "resolve_resume"]

@@ -1,0 +1,75 @@
+"""``python -m kaleido export`` (kaleido/export.py): one set of weights for sampling and evaluation, float32
+or bf16, read by ``kaleido.load`` like any checkpoint; what it cannot do (resume, give the other weights)
+fails in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+import kaleido
+from kaleido.__main__ import main
+from kaleido.callbacks import EMA, ModelCheckpoint
+from tests.conftest import tiny_model_kwargs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(text_data, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny Kaleido's last.ckpt, written with an EMA average beside the trained weights."""
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs())
+    trainer = Trainer(
+        max_steps=3, limit_val_batches=0, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[EMA(decay=0.5), ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=100)],
+    )
+    trainer.fit(model, datamodule=text_data)
+    return root / "last.ckpt"
+
+
+@pytest.mark.parametrize("weights", ["averaged", "trained"])
+def test_a_float32_export_loads_the_weights_it_was_asked_for(trained: Path, tmp_path: Path, weights: str) -> None:
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "m.ckpt"), "--weights", weights])
+    exported = kaleido.load(tmp_path / "m.ckpt")
+    source = kaleido.load(trained, weights=weights)  # type: ignore[arg-type]
+    assert exported.loaded_weights == weights and type(exported) is type(source)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), source.state_dict().values(), strict=True))
+    assert (tmp_path / "m.ckpt").stat().st_size < trained.stat().st_size / 2  # no optimiser state, no second copy
+    images = exported.generate(["a circle", "a square"], num_steps=2, sampler="ddim", seed=0).images
+    assert torch.equal(images, source.generate(["a circle", "a square"], num_steps=2, sampler="ddim", seed=0).images)
+
+
+def test_a_bf16_export_is_half_the_size_and_rounds_only_the_weights(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "f.ckpt")])
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "b.ckpt"), "--dtype", "bfloat16"])
+    assert "bfloat16 ->" in capsys.readouterr().out
+    assert (tmp_path / "b.ckpt").stat().st_size < 0.6 * (tmp_path / "f.ckpt").stat().st_size
+    model, source = kaleido.load(tmp_path / "b.ckpt"), kaleido.load(trained)
+    for (name, value), reference in zip(model.state_dict().items(), source.state_dict().values(), strict=True):
+        assert value.dtype == reference.dtype, name  # loaded into the model's own float32
+        expected = reference.to(torch.bfloat16).to(reference.dtype) if reference.is_floating_point() else reference
+        assert torch.equal(value, expected), name
+
+
+def test_what_an_export_cannot_do_is_one_line(trained: Path, tmp_path: Path) -> None:
+    export = tmp_path / "m.ckpt"
+    main(["export", "--ckpt_path", str(trained), "--output", str(export)])
+    with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt exists; pass --overwrite true"):
+        main(["export", "--ckpt_path", str(trained), "--output", str(export)])
+    with pytest.raises(SystemExit, match="is an export of the averaged weights only; it has no trained weights"):
+        main(["export", "--ckpt_path", str(export), "--output", str(tmp_path / "again.ckpt"), "--weights", "trained"])
+    with pytest.raises(ValueError, match="an export of the averaged weights only; load it with weights='averaged'"):
+        kaleido.load(export, weights="trained")
+    from kaleido.resume import refuse_export
+
+    with pytest.raises(ValueError, match=r"export for sampling and evaluation \(no optimiser state\): resume from .*last\.ckpt"):
+        refuse_export(export)
+    refuse_export(trained)  # a training checkpoint resumes
+    config = Path(__file__).parent / "configs" / "tiny_kaleido.yaml"
+    with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt is an export for sampling and evaluation"):
+        main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(export)])
