@@ -25,7 +25,7 @@ MODES = {"eager": "false", "compiled": "true", "cudagraphs": "reduce-overhead"} 
 COLUMNS = (
     "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU",
     "loader / conditioning / denoiser / optimiser", "step / denoiser-only", "DDPM CFG step / raw forward",
-    "device busy, kernels per step", "Trainer.fit step / step",
+    "device busy, kernels per step", "Trainer.fit step / step", "peak GiB",
 )
 
 
@@ -44,6 +44,7 @@ def row(result: dict[str, Any], name: str, mode: str) -> list[str]:
         name, mode, str(result["settings"]["batch_size"]), f"{1000 * train['step_s']:.1f}", f"{train['images_per_s']:,.0f}",
         f"{train['flops_per_image'] / 1e9:.2f}", mfu, shares + " %", f"{result['denoiser_only']['step_over_denoiser_only']:.2f}",
         "–" if ratio is None else f"{ratio:.2f}", busy, fit_ratio,
+        "–" if train.get("peak_memory_gib") is None else f"{train['peak_memory_gib']:.1f}",
     ]
 
 

@@ -11,6 +11,7 @@ How each number is measured:
   ``configure_optimizers``, ``zero_grad``. Not included: logging, callbacks (EMA), the learning-rate
   scheduler. ``step_s`` is the host clock over ``steps`` steps after ``warmup`` steps, synchronised with
   the GPU at both ends and never in between (the GPU runs ahead of the host as in ``fit``).
+  ``peak_memory_gib`` (CUDA; null elsewhere): the most memory the allocator held during those steps.
 * **Shares**: a mark at each boundary of every step (CUDA events recorded on the stream, read once after
   the loop; the host clock on a CPU, where work is synchronous), each interval named by the part it ends.
   ``loader``: from the end of the previous step to the batch being on the device (waiting on the loader

@@ -216,6 +216,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("training step", f"{train['step_s'] * 1e3:.1f} ms   {train['images_per_s']:.1f} images/s"),
         ("  first step", f"{train['first_step_s']:.2f} s, of which the loader's start {train['first_step_loader_s']:.2f} s"
                          + ("" if train["compile_s"] is None else f", compiling ~{train['compile_s']:.1f} s")),
+        *([("  peak memory", f"{train['peak_memory_gib']:.2f} GiB allocated (the timed steps)")] if train.get("peak_memory_gib") is not None else []),
         ("  GFLOP per image", f"{train['flops_per_image'] / 1e9:.3g}  ({by_part})  forward + backward"),
         ("  achieved", f"{train['achieved_tflops']:.3g} TFLOP/s   MFU {mfu}  (peak: {s['peak_source']})"),
         ("  shares", "  ".join(f"{part} {share:.0%}" for part, share in train["shares"].items())),

@@ -79,7 +79,8 @@ def measure_training(
     model: ConditionalDiffusion, loader: Any, optimizer_step: Callable[[], None], device: str,
     autocast: Callable[[], AbstractContextManager], steps: int, warmup: int, profile: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Seconds per step, the first step apart (it compiles), each part's seconds per step; the last batch.
+    """Seconds per step, the first step apart (it compiles), each part's seconds per step, the device's peak
+    memory allocated over the timed steps (CUDA; None elsewhere); the last batch.
     ``profile`` > 0: that many more steps under the profiler (:func:`profile_steps`), under ``"profile"``."""
     batches = _endless(loader)
     batch: dict[str, Any] = {}
@@ -100,6 +101,9 @@ def measure_training(
     for _ in range(warmup):
         step(Clock(device))
     clock = Clock(device)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
     clock.mark("start")
@@ -110,6 +114,7 @@ def measure_training(
     parts = clock.seconds()
     measured = {
         "step_s": elapsed / steps,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         "first_step_s": sum(first_parts.values()),
         "first_step_loader_s": first_parts["loader"],
         "part_s": {p: parts.get(p, 0.0) / steps for p in PARTS},
@@ -171,6 +176,7 @@ def rates(
             "step_s": training["step_s"],
             "first_step_s": training["first_step_s"],
             "first_step_loader_s": training["first_step_loader_s"],
+            "peak_memory_gib": training.get("peak_memory_gib"),
             "compile_s": max(training["first_step_s"] - training["first_step_loader_s"] - compute_s, 0.0) if compiled else None,
             "flops_per_image": per_image,
             "flops_per_image_by_part": {part: count / batch_size for part, count in flops.items()},
