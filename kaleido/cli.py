@@ -63,5 +63,6 @@ def cli_main(args: list[str] | None = None) -> KaleidoCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},  # a bad option raises, and `python -m kaleido` says it in one line
         args=args,
     )

@@ -88,6 +88,21 @@ def test_an_unknown_latent_type_in_a_config_is_one_line(tmp_path: Path, monkeypa
     assert message.startswith("error: unknown latent type 'nosuchtype'; registered: ") and "text" in message
 
 
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--model.init_args.nope", "1"], "error: --model.init_args.nope: kaleido.Kaleido has no option 'nope'; `--model.help kaleido.Kaleido` lists"),
+        (["--model.init_args.unet.nope", "1"], "error: --model.init_args.unet.nope: kaleido.nn.unet.UNetSettings has no option 'nope'"),
+        (["--model.init_args.unet.base_channels", "abc"], "error: --model.init_args.unet.base_channels: 'abc' is not accepted; expected int"),
+        (["--data.init_args.nope", "x"], "error: --data.init_args.nope: kaleido.shapes.ShapesDataModule has no option 'nope'"),
+        (["--trainer.max_steps", "abc"], "error: --trainer.max_steps: 'abc' is not accepted; expected int"),
+        (["--bogus", "1"], "error: unrecognized arguments: --bogus 1"),
+    ],
+)
+def test_a_bad_fit_option_is_one_line_naming_it(option: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _one_line(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *option], monkeypatch).startswith(expected)
+
+
 def test_sample_refuses_an_empty_condition_and_a_bad_cfg_scale(
     tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
