@@ -41,6 +41,8 @@ def _argument_line(error: argparse.ArgumentError) -> str | None:
     text = str(error)
     if (line := _class_argument_line(text)) is not None:
         return line
+    if re.search(r"arguments are required: \w+\.data, \w+\.model", text):
+        return f"{text}: give a config that names them, e.g. --config configs/shapes/kaleido_text.yaml"
     key, given = re.search(r'Parser key "([^"]+)"', text), re.search(r"(?:Given|Got) value: (.*)", text)
     if key is None or given is None:
         return None

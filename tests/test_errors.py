@@ -103,6 +103,11 @@ def test_a_bad_fit_option_is_one_line_naming_it(option: list[str], expected: str
     assert _one_line(["fit", "--config", TINY, "--trainer.default_root_dir", str(tmp_path), *option], monkeypatch).startswith(expected)
 
 
+def test_fit_without_a_config_says_to_give_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _one_line(["fit"], monkeypatch)
+    assert "fit.data, fit.model" in message and message.endswith("e.g. --config configs/shapes/kaleido_text.yaml")
+
+
 def test_sample_refuses_an_empty_condition_and_a_bad_cfg_scale(
     tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
