@@ -32,26 +32,33 @@ def _cast(parameter: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if parameter is None else parameter.to(dtype)
 
 
-class LayerNorm(nn.LayerNorm):
+class _AutocastDtype(nn.Module):
+    """Under autocast, ``normalise`` runs with autocast off on the input in the autocast dtype; outside it,
+    the parent class's ``forward``."""
+
+    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.normalise(x.to(dtype), dtype)
+
+
+class LayerNorm(_AutocastDtype, nn.LayerNorm):
     """``nn.LayerNorm`` whose output under autocast is the autocast dtype (statistics still in float32)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = autocast_dtype(x)
-        if dtype is None:
-            return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.layer_norm(x.to(dtype), self.normalized_shape, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
+    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
 
 
-class GroupNorm(nn.GroupNorm):
+class GroupNorm(_AutocastDtype, nn.GroupNorm):
     """``nn.GroupNorm`` whose output under autocast is the autocast dtype (statistics still in float32)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = autocast_dtype(x)
-        if dtype is None:
-            return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
-            return F.group_norm(x.to(dtype), self.num_groups, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
+    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+        return F.group_norm(x, self.num_groups, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
 
 
 class RMSNorm(nn.RMSNorm):
