@@ -102,6 +102,31 @@ def test_greedy_sampling_with_kv_cache_matches_teacher_forcing(model) -> None:  
         assert torch.equal(predicted[row, 1 : end + 1], sampled[row, 1 : end + 1])
 
 
+def test_teacher_forcing_is_t5_s_own_forward_in_one_graph(model) -> None:  # type: ignore[no-untyped-def]
+    # The decoder and the LM head called directly give T5's logits and last decoder states, and the
+    # decoder compiles without a graph break (output_hidden_states=True broke it: transformers' hooks).
+    from transformers.modeling_outputs import BaseModelOutput
+
+    tok = model.tokenizer
+    ids, mask = tok.encode_conditions(["a circle", "a square"])
+    latent = torch.randint(4, tok.vocab_size, (2, 9))
+    latent_mask = torch.ones_like(latent, dtype=torch.bool)
+    latent_mask[1, 6:] = False
+    encoded = model.prior.encode(ids, mask)
+    out = model.prior.teacher_force(encoded, mask, latent, latent_mask)
+    reference = model.prior.t5(
+        encoder_outputs=BaseModelOutput(last_hidden_state=encoded), attention_mask=mask, output_hidden_states=True,
+        decoder_input_ids=torch.nn.functional.pad(latent[:, :-1], (1, 0), value=model.prior.pad_id),
+        decoder_attention_mask=torch.nn.functional.pad(latent_mask[:, :-1], (1, 0), value=True),
+    )
+    torch.testing.assert_close(out.logits, reference.logits)
+    torch.testing.assert_close(out.hidden, reference.decoder_hidden_states[-1])
+    explained = torch._dynamo.explain(model.prior.t5.decoder)(
+        input_ids=latent, attention_mask=latent_mask, encoder_hidden_states=encoded, encoder_attention_mask=mask, use_cache=False
+    )
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_sampling_settings_are_validated(model) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="temperature"):
         model.prior.sample(torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1, dtype=torch.long), 4, temperature=0)

@@ -103,7 +103,7 @@ class Kaleido(ConditionalDiffusion):
         when a latent type uses them (``fourier_frequencies > 0``), else ``None``."""
         if encoded is None:
             encoded = self.prior.encode(condition_ids, condition_mask, self.training_network("prior.t5.encoder"))
-        out = self.prior.teacher_force(encoded, condition_mask, latent_ids, latent_mask, self.training_network("prior.t5"))
+        out = self.prior.teacher_force(encoded, condition_mask, latent_ids, latent_mask, self.training_network("prior.t5.decoder"))
         hidden = out.hidden.detach() if self.detach_latent_states else out.hidden
         z_states = self.latent_conditioner(hidden, latent_ids, latent_mask, latent_geometry)
         return Conditioning(

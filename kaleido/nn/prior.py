@@ -84,22 +84,34 @@ class LatentPriorNet(nn.Module):
         return encoder(input_ids=condition_ids, attention_mask=condition_mask).last_hidden_state
 
     def teacher_force(
-        self, encoded: Tensor, condition_mask: Tensor, latent_ids: Tensor, latent_mask: Tensor, t5: nn.Module | None = None
+        self, encoded: Tensor, condition_mask: Tensor, latent_ids: Tensor, latent_mask: Tensor, decoder: nn.Module | None = None
     ) -> PriorOutput:
         """One decoder pass over the ground-truth (or given) ``z``: the logits and the hidden states.
-        ``t5`` stands in for ``self.t5`` (e.g. compiled)."""
+        ``decoder`` stands in for ``t5.decoder`` (e.g. compiled).
+
+        The decoder and the LM head are called as ``T5ForConditionalGeneration.forward`` calls them, not
+        through it: the final hidden states would need ``output_hidden_states=True``, whose output hooks
+        (transformers 5) break a compiled graph in two and sent part of the prior back to eager."""
         decoder_input = F.pad(latent_ids[:, :-1], (1, 0), value=self.pad_id)
         decoder_mask = F.pad(latent_mask[:, :-1], (1, 0), value=True)
-        out = (self.t5 if t5 is None else t5)(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
-            attention_mask=condition_mask,
-            decoder_input_ids=decoder_input,
-            decoder_attention_mask=decoder_mask,
-            output_hidden_states=True,
-        )
+        hidden = (self.t5.decoder if decoder is None else decoder)(
+            input_ids=decoder_input,
+            attention_mask=decoder_mask,
+            encoder_hidden_states=encoded,
+            encoder_attention_mask=condition_mask,
+            use_cache=False,
+        ).last_hidden_state
+        logits = self.t5.lm_head(hidden * self.output_scale)
         targets = latent_ids.masked_fill(~latent_mask, -100)
-        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return PriorOutput(logits=out.logits, hidden=out.decoder_hidden_states[-1], nll=nll)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return PriorOutput(logits=logits, hidden=hidden, nll=nll)
+
+    @property
+    def output_scale(self) -> float:
+        """What T5 multiplies the decoder's output by before its LM head: d_model^-0.5 with tied embeddings
+        (``scale_decoder_outputs`` in transformers 5, ``tie_word_embeddings`` before), else 1."""
+        config = self.t5.config
+        return config.d_model**-0.5 if getattr(config, "scale_decoder_outputs", config.tie_word_embeddings) else 1.0
 
     @torch.no_grad()
     def sample(
