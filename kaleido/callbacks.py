@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.callbacks import Timer, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.nn import Module
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from kaleido.metrics.adherence import Readers, adherence_readers, latent_adherence
@@ -24,25 +28,29 @@ from kaleido.viz import draws, image_grid, samples_grid
 
 
 class EMA(WeightAveraging):
-    """Exponential moving average of the weights (paper: decay 0.9999), updated with one fused
-    ``foreach`` call per step rather than a Python loop over parameters (about 5x less overhead than
-    Lightning's ``EMAWeightAveraging`` on an H100; see docs/results.md). Validation, sampling
-    callbacks and saved checkpoints use the averaged weights.
+    """Exponential moving average of the weights (paper: decay 0.9999). Validation, sampling callbacks and
+    saved checkpoints use the averaged weights (Lightning's ``WeightAveraging`` swaps them in and saves them).
 
     Args:
         decay: the EMA decay.
         start_step: optimiser steps before averaging starts. Until then the "average" is a copy of the
             current weights, so that validation, checkpoints and the end of a shorter run use them
             rather than the weights the model started from.
+
+    The update after each optimiser step is one fused ``foreach`` call per dtype on lists of tensors
+    gathered at the first update. Lightning's own (torch's ``AveragedModel.update_parameters``) walks the
+    module tree for every tensor and reads ``n_averaged`` back from the device, a host sync at every
+    training step: on a GPU the host then waits for the step to finish before it launches the next.
     """
 
     def __init__(self, decay: float = 0.9999, start_step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        super().__init__(multi_avg_fn=self._average, use_buffers=True)
+        if start_step < 0:
+            raise ValueError(f"EMA start_step must be >= 0, got {start_step}")
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay, self.start_step = decay, start_step
-        self._ema = get_ema_multi_avg_fn(decay)
-        self._copying = True  # whether this step's update copies the weights (optimiser steps up to start_step)
+        self._groups: list[tuple[list[Tensor], list[Tensor]]] | None = None  # (averaged, current) per device and dtype
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and isinstance(trainer.strategy, FSDPStrategy):
@@ -53,19 +61,37 @@ class EMA(WeightAveraging):
                 "kaleido.callbacks.EMA from trainer.callbacks, or train with DDP (docs/scale.md)"
             )
         super().setup(trainer, pl_module, stage)
+        self._groups = None  # gathered again at the first update: the model may have moved since
 
+    @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self._copying = trainer.global_step - 1 <= self.start_step  # the index of the step just taken
-        super().on_train_batch_end(trainer, pl_module, *args)
+        step = trainer.global_step  # optimiser steps taken; the step just taken has index step - 1
+        if step <= self._latest_update_step or not self.should_update(step_idx=step - 1):
+            return  # no optimiser step in this batch (gradient accumulation)
+        assert self._average_model is not None
+        if self._groups is None:
+            self._groups = _tensor_groups(self._average_model.module, pl_module)
+        copying = step - 1 <= self.start_step  # start_step >= 0: the first update always copies
+        for averaged, current in self._groups:
+            if copying or not averaged[0].is_floating_point():
+                torch._foreach_copy_(averaged, current)
+            else:
+                torch._foreach_lerp_(averaged, current, 1.0 - self.decay)  # = decay · average + (1 - decay) · current
+        self._average_model.n_averaged.add_(1)  # on the device, never read back here: checkpoints keep it
+        self._latest_update_step = step
 
-    def _average(self, averaged: list[Any], current: list[Any], num_averaged: Any) -> None:
-        # The `multi_avg_fn` of torch's AveragedModel, called by WeightAveraging after each optimiser step
-        # but the first (which copies); it receives detached tensors.
-        if self._copying:
-            for average, weight in zip(averaged, current):
-                average.copy_(weight)
-        else:
-            self._ema(averaged, current, num_averaged)
+
+def _tensor_groups(averaged: Module, current: Module) -> list[tuple[list[Tensor], list[Tensor]]]:
+    """The parameters and buffers of two copies of a model, paired in order and grouped by device and dtype
+    (what one ``foreach`` call takes). Parameters and buffers themselves, not detached views: a ``.to()``
+    or ``load_state_dict`` that replaces their data is seen."""
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+    pairs = zip(chain(averaged.parameters(), averaged.buffers()), chain(current.parameters(), current.buffers()), strict=True)
+    for average, tensor in pairs:
+        kept, live = groups.setdefault((average.device, average.dtype), ([], []))
+        kept.append(average)
+        live.append(tensor)
+    return list(groups.values())
 
 
 class Cooldown(Callback):

@@ -5,6 +5,7 @@ keep a run's last steps (kaleido.callbacks.ModelCheckpoint), and the EMA around 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -171,6 +172,24 @@ def test_averaging_starts_at_start_step_from_the_weights_of_then(tmp_path: Any) 
     assert torch.allclose(last_checkpoint(tmp_path)["state_dict"]["layer.weight"], expected)
 
 
+def test_the_update_never_reads_the_count_back_from_the_device(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's AveragedModel.update_parameters does `bool(n_averaged == 0)` every step: a host sync on a GPU.
+    from torch.optim.swa_utils import AveragedModel
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("AveragedModel.update_parameters was called")
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", refuse)
+    record, ema = RecordWeights(), EMA(decay=0.5, start_step=1)
+    fit(Regression(), record, ema, ModelCheckpoint(dirpath=tmp_path, save_last=True), max_steps=5)
+    expected = record.weights[1]
+    for weights in record.weights[2:]:
+        expected = 0.5 * expected + 0.5 * weights
+    checkpoint = last_checkpoint(tmp_path)
+    assert torch.allclose(checkpoint["state_dict"]["layer.weight"], expected)
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 5  # kept on the device, saved as before
+
+
 def test_before_averaging_starts_the_average_is_the_current_weights(tmp_path: Any) -> None:
     """A run shorter than ``start_step`` keeps what it trained, not the weights it started from."""
     module = Regression()
@@ -213,3 +232,9 @@ def test_bf16_clipping_works_with_a_fused_adam_and_clips(text_data, algorithm: s
         assert torch.nn.utils.get_total_norm(grads).item() == pytest.approx(0.5, rel=1e-4)
     else:
         assert max(g.abs().max().item() for g in grads) == 0.5
+
+
+@pytest.mark.parametrize(("arguments", "words"), [({"decay": 1.0}, "EMA decay must be in (0, 1), got 1.0"), ({"start_step": -1}, "EMA start_step must be >= 0, got -1")])
+def test_bad_ema_settings_say_what_is_accepted(arguments: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(words)):
+        EMA(**arguments)
