@@ -36,34 +36,14 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 
 
 def _argument_line(error: argparse.ArgumentError) -> str | None:
-    """jsonargparse's multi-line report of a value of the wrong type, as one line: the option, the value,
-    the types accepted; ``None`` for other argument errors (their cause says more)."""
+    """jsonargparse's multi-line report on a bad option as one line (:mod:`kaleido.cli_errors`); ``None``
+    for other argument errors (their cause says more)."""
+    from kaleido.cli_errors import argument_line
+
     text = str(error)
-    if (line := _class_argument_line(text)) is not None:
-        return line
     if re.search(r"arguments are required: \w+\.data, \w+\.model", text):
         return f"{text}: give a config that names them, e.g. --config configs/shapes/kaleido_text.yaml"
-    key, given = re.search(r'Parser key "([^"]+)"', text), re.search(r"(?:Given|Got) value: (.*)", text)
-    if key is None or given is None:
-        return None
-    accepted = ["null" if name == "NoneType" else name for name in re.findall(r"Expected an? <class '(\w+)'>", text)]
-    accepted += [f"one of {choices}" for choices in re.findall(r"Expected an? typing\.Literal\[(.*?)\]", text)]
-    return f"--{key.group(1)}: {given.group(1)!r} is not accepted" + (f"; expected {' or '.join(accepted)}" if accepted else "")
-
-
-def _class_argument_line(text: str) -> str | None:
-    """jsonargparse's report on an option of a class given by ``class_path`` (``--model.init_args.X``, a
-    setting inside it): the option's full name, the class, and what is wrong; ``None`` for other reports."""
-    outer, classes = re.match(r'Parser key "([^"]+)"', text), re.findall(r"Problem with given class_path '([^']+)'", text)
-    if outer is None or not classes:
-        return None
-    nested = re.findall(r"Given value: NestedArg\(key='([^']+)', val=(.*)\)$", text, re.MULTILINE)
-    option = f"--{outer.group(1)}.init_args.{nested[-1][0]}" if nested else f"--{outer.group(1)}"
-    if unknown := re.search(r"Option '([^']+)' is not accepted", text):
-        return f"{option}: {classes[-1]} has no option {unknown.group(1)!r}; `--{outer.group(1)}.help {classes[0]}` lists its options"
-    if wrong := re.search(r"Expected an? <class '(\w+)'>\. Got value: (.*)", text):
-        return f"{option}: {wrong.group(2)!r} is not accepted; expected {wrong.group(1)}"
-    return None
+    return argument_line(text)
 
 
 def _fail(error: Exception) -> NoReturn:
