@@ -36,10 +36,31 @@ def test_a_norm_returns_bf16_under_autocast_and_is_nn_s_norm_outside(kind: str) 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, reference = ours(x), plain(x)
     assert reference.dtype == torch.float32 and y.dtype == torch.bfloat16  # autocast's own norm returns float32
-    # Only the output's rounding differs: bf16 keeps 8 bits, so within 2^-7 of the output's scale.
-    assert (y.float() - reference).abs().max() <= reference.abs().max() * 2**-7
+    assert torch.equal(y, reference.to(torch.bfloat16))  # a float32 input: normalised in float32, only the output rounded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x.to(torch.bfloat16))  # a bf16 input (a convolution's output): the bf16 kernel, float32 statistics
+    assert (y.float() - reference).abs().max() <= reference.abs().max() * 2**-6  # the input's and the output's rounding
     y.float().square().sum().backward()
     assert ours.weight.grad is not None and ours.weight.grad.dtype == torch.float32 and ours.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["group", "layer"])
+def test_a_float32_input_far_from_zero_is_rounded_only_at_the_output(kind: str) -> None:
+    # Rounding a float32 input to bf16 before subtracting its mean would cost precision as |mean| / std grows.
+    ours, plain = _pair(kind)
+    x = (torch.randn(3, 16, 5, 5) if kind == "group" else torch.randn(3, 7, 16)) + 200.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ours(x), plain(x).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("kind", ["group", "layer"])
+def test_under_fp16_autocast_a_norm_is_nn_s_norm(kind: str) -> None:
+    # float16 tops out at 65504: autocast's float32 norm is what keeps a large activation finite.
+    ours, plain = _pair(kind)
+    x = (torch.randn(3, 16, 5, 5) if kind == "group" else torch.randn(3, 7, 16)) * 1e5
+    with torch.autocast("cpu", dtype=torch.float16):
+        y, reference = ours(x), plain(x)
+    assert y.dtype == reference.dtype and torch.equal(y, reference) and torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

@@ -1,16 +1,16 @@
-"""LayerNorm and GroupNorm that keep the autocast dtype (bf16) instead of returning float32; RMSNorm that
-keeps its fused kernel on bf16 input.
+"""LayerNorm and GroupNorm that hand the next layer bf16 under bf16 autocast instead of float32; RMSNorm
+that keeps its fused kernel on bf16 input.
 
 Autocast runs ``layer_norm`` and ``group_norm`` in float32 and returns float32, so under bf16 autocast
 every norm turns what follows it (adaLN's modulation, SiLU, the residual add) into float32 element-wise
 work and adds a cast before the next matmul or convolution. On an H200 that element-wise and copy work was
-65–76% of the GPU's busy time in the eager UNet and DiT steps (docs/performance.md, 2026-12-03).
+61–76% of the GPU's busy time in the eager UNet and DiT steps (docs/performance.md, 2026-12-03).
 
-These layers hand the norm the input in the autocast dtype: the kernels accumulate mean and variance in
-float32 all the same (ATen's accumulate type for bf16), and only the normalised output is rounded to
-bf16, as a matmul's output is. A residual stream that is float32 stays float32: only the norm's output,
-the input of the next layer, is bf16. Outside autocast they are ``nn.LayerNorm`` / ``nn.GroupNorm``
-exactly, with the same parameters and state-dict keys, so checkpoints load unchanged (docs/choices.md).
+Here only the output is rounded to bf16, as a matmul's output is: a float32 input (the DiT's residual
+stream) is normalised in float32 and the result cast; a bf16 input (a convolution's output) goes to the
+bf16 kernel, which accumulates mean and variance in float32. Under fp16 autocast (or none) these are
+``nn.LayerNorm`` / ``nn.GroupNorm`` exactly: fp16's range is what autocast's float32 norm protects. Same
+parameters and state-dict keys, so checkpoints load unchanged (docs/choices.md).
 """
 
 from __future__ import annotations
@@ -32,33 +32,32 @@ def _cast(parameter: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if parameter is None else parameter.to(dtype)
 
 
-class _AutocastDtype(nn.Module):
-    """Under autocast, ``normalise`` runs with autocast off on the input in the autocast dtype; outside it,
-    the parent class's ``forward``."""
+class _Bf16Output(nn.Module):
+    """Under bf16 autocast, ``normalise`` runs with autocast off in the input's dtype (float32 or bf16,
+    the parameters cast to it) and the result is cast to bf16; otherwise the parent class's ``forward``."""
 
-    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
+    def normalise(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = autocast_dtype(x)
-        if dtype is None:
+        if autocast_dtype(x) != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
             return super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
-            return self.normalise(x.to(dtype), dtype)
+            return self.normalise(x).to(torch.bfloat16)
 
 
-class LayerNorm(_AutocastDtype, nn.LayerNorm):
-    """``nn.LayerNorm`` whose output under autocast is the autocast dtype (statistics still in float32)."""
+class LayerNorm(_Bf16Output, nn.LayerNorm):
+    """``nn.LayerNorm`` whose output under bf16 autocast is bf16 (module docstring)."""
 
-    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
+    def normalise(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.normalized_shape, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype), self.eps)
 
 
-class GroupNorm(_AutocastDtype, nn.GroupNorm):
-    """``nn.GroupNorm`` whose output under autocast is the autocast dtype (statistics still in float32)."""
+class GroupNorm(_Bf16Output, nn.GroupNorm):
+    """``nn.GroupNorm`` whose output under bf16 autocast is bf16 (module docstring)."""
 
-    def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        return F.group_norm(x, self.num_groups, _cast(self.weight, dtype), _cast(self.bias, dtype), self.eps)
+    def normalise(self, x: Tensor) -> Tensor:
+        return F.group_norm(x, self.num_groups, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype), self.eps)
 
 
 class RMSNorm(nn.RMSNorm):
