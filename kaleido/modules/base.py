@@ -18,7 +18,13 @@ from kaleido.checkpoint_io import CHECKPOINT_KEY
 from kaleido.diffusion.guiders import Guider, GuiderSpec, build_guider, guided_denoiser
 from kaleido.diffusion.samplers import build_sampler
 from kaleido.diffusion.schedule import CosineSchedule
-from kaleido.modules.common import GradientClipping, adam_with_warmup, checkpoint_record, log_options
+from kaleido.modules.common import (
+    GradientClipping,
+    adam_with_warmup,
+    checkpoint_record,
+    lay_out_like_parameters,
+    log_options,
+)
 from kaleido.modules.settings import (
     Compile,
     DiffusionSettings,
@@ -221,6 +227,12 @@ class ConditionalDiffusion(GradientClipping, LightningModule, ABC):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adam_with_warmup(self.parameters(), self.optimizer_settings)
+
+    def on_train_start(self) -> None:
+        # After a resume restored the optimiser: its moments in the layout of the parameters, whichever
+        # `channels_last` the checkpoint was written with.
+        for optimizer in self.trainer.optimizers:
+            lay_out_like_parameters(optimizer)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -29,6 +29,16 @@ def adam_with_warmup(parameters: Iterable[nn.Parameter], settings: OptimizerSett
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout. A checkpoint
+    keeps the layout its state was saved in: resumed with the other ``channels_last``, fused Adam refuses
+    (CUDA) or misreads (CPU) moments laid out unlike their parameters."""
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
 class GradientClipping:
     """The trainer's gradient clipping (``gradient_clip_val``), done by kaleido where Lightning refuses it.
     Mixed into kaleido's modules.
