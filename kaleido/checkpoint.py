@@ -28,6 +28,11 @@ def holds_average(checkpoint: dict[str, Any]) -> bool:
     return "current_model_state" in checkpoint
 
 
+def check_weights(weights: str) -> None:
+    if weights not in ("averaged", "trained"):
+        raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
+
+
 def exported_weights(checkpoint: dict[str, Any]) -> Weights | None:
     """Which weights an export (``python -m kaleido export``) holds; None for a checkpoint written by ``fit``."""
     record = checkpoint.get(EXPORT_KEY)
@@ -53,14 +58,22 @@ def load(
     The model's ``loaded_weights`` says which it holds: "averaged" only where the checkpoint has an
     average. ``expected`` restricts the accepted model classes, with a clear error for any other.
     """
-    if weights not in ("averaged", "trained"):
-        raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
+    check_weights(weights)  # before reading a large file
     checkpoint = read_checkpoint(ckpt_path, map_location)
+    return model_from_checkpoint(checkpoint, ckpt_path, expected, weights).to(map_location).eval()  # type: ignore[return-value]
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], source: str | Path, expected: type[M] | tuple[type[M], ...] = LightningModule,  # type: ignore[assignment]
+    weights: Weights = "averaged",
+) -> M:
+    """:func:`load` on a checkpoint already read (``source`` names it in errors); the model where the tensors are."""
+    check_weights(weights)
     record = checkpoint[CHECKPOINT_KEY]
     cls = _model_class(record["class_path"])
     if not issubclass(cls, expected):
         names = [c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,))]
-        raise TypeError(f"{ckpt_path} holds a {cls.__name__} checkpoint; expected one of: {', '.join(names)}")
+        raise TypeError(f"{source} holds a {cls.__name__} checkpoint; expected one of: {', '.join(names)}")
     tokenizer = KaleidoTokenizer.from_state_dict(record["tokenizer"]) if record.get("tokenizer") is not None else None
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     model = cls(tokenizer=tokenizer, **hparams)
@@ -68,11 +81,11 @@ def load(
     key = "current_model_state" if has_average and weights == "trained" else "state_dict"
     exported = exported_weights(checkpoint)
     if exported == "averaged" and weights == "trained":
-        raise ValueError(f"{ckpt_path} is an export of the averaged weights only; load it with weights='averaged', or load its source")
+        raise ValueError(f"{source} is an export of the averaged weights only; load it with weights='averaged', or load its source")
     model.load_state_dict(checkpoint[key])  # an export's bf16 weights are cast to the model's float32 as they load
     loaded: Weights = exported or ("averaged" if has_average and weights == "averaged" else "trained")
     model.loaded_weights = loaded  # what samples and metrics record, rather than what was asked for
-    return model.to(map_location).eval()  # type: ignore[return-value]
+    return model  # type: ignore[return-value]
 
 
 def load_prior_weights(prior: nn.Module, ckpt_path: str | Path) -> None:

@@ -11,12 +11,13 @@ numbers exactly. It cannot resume training (no optimiser state).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from kaleido.checkpoint import EXPORT_KEY, Weights, exported_weights, holds_average
+from kaleido.checkpoint import EXPORT_KEY, Weights, check_weights, model_from_checkpoint
 from kaleido.checkpoint_io import CHECKPOINT_KEY, read_checkpoint
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -33,38 +34,45 @@ def export(
 
     Args:
         ckpt_path: a checkpoint written by ``fit`` (or an export).
-        output: the file to write.
+        output: the file to write (not ``ckpt_path``).
         weights: "averaged", the EMA average where the run kept one (else the trained weights); "trained",
             the optimiser's own weights.
-        dtype: of the floating-point weights: "float32" (as trained) or "bfloat16" (half the size).
+        dtype: of the floating-point parameters: "float32" (as trained) or "bfloat16" (half the size).
+            Buffers (e.g. the VQ's codebook, which its nearest-code search keeps in float32) stay as they are.
         overwrite: write over an existing file.
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if weights not in ("averaged", "trained"):
-        raise ValueError(f"--weights must be 'averaged' or 'trained', got {weights!r}")
+    check_weights(weights)
     output = Path(output)
+    if output.resolve() == Path(ckpt_path).resolve():
+        raise ValueError(f"--output is the checkpoint being exported ({ckpt_path}); write the export to another file")
     if output.exists() and not overwrite:
         raise ValueError(f"{output} exists; pass --overwrite true to write it again")
     checkpoint = read_checkpoint(ckpt_path)
-    held = exported_weights(checkpoint)
-    if held is not None and weights != held:
-        raise ValueError(f"{ckpt_path} is an export of the {held} weights only; it has no {weights} weights to export")
-    has_average = holds_average(checkpoint)
-    state = checkpoint["current_model_state" if has_average and weights == "trained" else "state_dict"]
-    kept: Weights = held or ("averaged" if has_average and weights == "averaged" else "trained")
+    model = model_from_checkpoint(checkpoint, ckpt_path, weights=weights)
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}  # tied weights under each of their names
     cast = DTYPES[dtype]
+    state = {name: value.to(cast) if name in parameters and value.is_floating_point() else value for name, value in model.state_dict().items()}
+    before = checkpoint.get(EXPORT_KEY) or {}  # an export of an export keeps what its source was
+    step = before.get("global_step", checkpoint.get("global_step"))
     slim = {
         CHECKPOINT_KEY: checkpoint[CHECKPOINT_KEY],
         "hyper_parameters": checkpoint.get("hyper_parameters", {}),
-        "state_dict": {name: value.to(cast) if value.is_floating_point() else value for name, value in state.items()},
-        EXPORT_KEY: {"source": str(ckpt_path), "weights": kept, "dtype": dtype, "global_step": checkpoint.get("global_step")},
+        "state_dict": state,
+        EXPORT_KEY: {
+            "source": before.get("source", str(ckpt_path)), "weights": model.loaded_weights, "dtype": dtype, "global_step": step,
+            "bf16_rounded": dtype == "bfloat16" or bool(before.get("bf16_rounded")),
+        },
+        # What Lightning's `validate` / `test --ckpt_path` read beside the weights.
+        "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"), "epoch": checkpoint.get("epoch"), "global_step": step,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(slim, output)
-    model = checkpoint[CHECKPOINT_KEY].get("class_path", "?").rpartition(".")[2]
-    step = checkpoint.get("global_step", slim[EXPORT_KEY]["global_step"])
-    print(f"export: {model}, {kept} weights of step {step}, {dtype} -> {output} "
+    partial = output.with_name(output.name + ".partial")
+    torch.save(slim, partial)
+    os.replace(partial, output)  # never a half-written file under the output's name
+    model_name = checkpoint[CHECKPOINT_KEY].get("class_path", "?").rpartition(".")[2]
+    print(f"export: {model_name}, {model.loaded_weights} weights of step {step}, {dtype} -> {output} "
           f"({_mib(output):.1f} MiB, from {_mib(Path(ckpt_path)):.1f} MiB)")
     return output
 

@@ -61,7 +61,7 @@ def test_what_an_export_cannot_do_is_one_line(trained: Path, tmp_path: Path) -> 
     main(["export", "--ckpt_path", str(trained), "--output", str(export)])
     with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt exists; pass --overwrite true"):
         main(["export", "--ckpt_path", str(trained), "--output", str(export)])
-    with pytest.raises(SystemExit, match="is an export of the averaged weights only; it has no trained weights"):
+    with pytest.raises(SystemExit, match="is an export of the averaged weights only; load it with weights='averaged'"):
         main(["export", "--ckpt_path", str(export), "--output", str(tmp_path / "again.ckpt"), "--weights", "trained"])
     with pytest.raises(ValueError, match="an export of the averaged weights only; load it with weights='averaged'"):
         kaleido.load(export, weights="trained")
@@ -73,3 +73,32 @@ def test_what_an_export_cannot_do_is_one_line(trained: Path, tmp_path: Path) -> 
     config = Path(__file__).parent / "configs" / "tiny_kaleido.yaml"
     with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt is an export for sampling and evaluation"):
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(export)])
+    # What an export can do beside sampling: Lightning's validate reads it (weights, version, step).
+    main(["validate", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "val"), "--ckpt_path", str(export)])
+
+
+def test_a_bf16_export_keeps_buffers_such_as_the_vq_codebook(tmp_path: Path) -> None:
+    # The VQ's nearest-code search keeps its codebook (a buffer) in float32 so that bf16 cannot tie codes.
+    from kaleido.modules.vq import VQTokenizer
+    from kaleido.nn.vqvae import VQSettings
+
+    torch.manual_seed(0)
+    model = VQTokenizer(image_size=16, vq=VQSettings(codebook_size=32, code_dim=8, channels=16, downsample=4))
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 3}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "vq.ckpt")
+    main(["export", "--ckpt_path", str(tmp_path / "vq.ckpt"), "--output", str(tmp_path / "vq_bf16.ckpt"), "--dtype", "bfloat16"])
+    stored = torch.load(tmp_path / "vq_bf16.ckpt", weights_only=True)["state_dict"]
+    codebook = next(name for name in stored if name.endswith("codebook"))
+    assert stored[codebook].dtype == torch.float32 and torch.equal(stored[codebook], model.state_dict()[codebook])
+    assert {v.dtype for k, v in stored.items() if k in dict(model.named_parameters())} == {torch.bfloat16}
+
+
+def test_an_export_of_an_export_keeps_its_source_step_and_rounding(trained: Path, tmp_path: Path) -> None:
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "t.ckpt"), "--weights", "trained", "--dtype", "bfloat16"])
+    main(["export", "--ckpt_path", str(tmp_path / "t.ckpt"), "--output", str(tmp_path / "again.ckpt")])  # default weights: what it holds
+    record = torch.load(tmp_path / "again.ckpt", weights_only=True)["kaleido_export"]
+    assert record["source"] == str(trained) and record["global_step"] == 3 and record["weights"] == "trained"
+    assert record["dtype"] == "float32" and record["bf16_rounded"] is True
+    with pytest.raises(SystemExit, match="--output is the checkpoint being exported"):
+        main(["export", "--ckpt_path", str(tmp_path / "t.ckpt"), "--output", str(tmp_path / "t.ckpt"), "--overwrite", "true"])
