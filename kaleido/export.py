@@ -3,10 +3,10 @@
 A training checkpoint holds the trained weights, their EMA average, Adam's two moments and the loops'
 state: about four times the model. What ``kaleido.load`` (and so ``sample``, ``evaluate``,
 ``adherence`` and the notebooks) needs is the model's record, its hyperparameters and one set of
-weights. The export keeps those, optionally in bf16 for half the size: bf16 autocast rounds the weights
-of every matmul and convolution to bf16 anyway, so at ``--precision bf16`` only the weights used outside
-them (embedding tables, norms' scales) are used differently from the source; float32 keeps the source's
-numbers exactly. It cannot resume training (no optimiser state).
+weights. The export keeps those, optionally with the parameters in bf16 for half the size (buffers,
+such as the VQ's codebook, stay as they are): meant for ``--precision bf16``, where autocast rounds the
+weights of every matmul and convolution anyway (docs/evaluation.md says what else changes). It cannot
+resume training (no optimiser state).
 """
 
 from __future__ import annotations
