@@ -83,8 +83,8 @@ class EMA(WeightAveraging):
 
 def _tensor_groups(averaged: Module, current: Module) -> list[tuple[list[Tensor], list[Tensor]]]:
     """The parameters and buffers of two copies of a model, paired in order and grouped by device and dtype
-    (what one ``foreach`` call takes). Parameters and buffers themselves, not detached views: a ``.to()``
-    or ``load_state_dict`` that replaces their data is seen."""
+    (what one ``foreach`` call takes). The parameters themselves, not detached views, so that new data
+    behind a parameter (``load_state_dict``, ``.to()``) is seen; buffers are gathered again at each ``setup``."""
     groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
     pairs = zip(chain(averaged.parameters(), averaged.buffers()), chain(current.parameters(), current.buffers()), strict=True)
     for average, tensor in pairs:
