@@ -30,9 +30,10 @@ How each number is measured:
   gradient: the denoiser's forward and backward and the optimiser's step, the prior neither run nor
   trained. ``step / denoiser-only`` is what the prior costs at equal denoiser.
 * **Sampling**: one raw denoiser forward of the doubled batch (2B rows: conditional and unconditional)
-  against one CFG sampling step, the marginal cost of a step of ``generate``:
-  ``(T(sample_steps) - T(1)) / (sample_steps - 1)`` (the conditioning and the z drawn cancel out); and
-  the whole ``generate`` (z drawn, conditioning, every step) in images/s, for each sampler.
+  against one CFG sampling step, the marginal cost of a step of the sampler's loop on a conditioning
+  drawn once: ``(T(sample_steps) - T(1)) / (sample_steps - 1)`` (the prior's sampling of z stays out:
+  its run-to-run jitter, divided by the steps, would read as step time); and the whole ``generate``
+  (z drawn, conditioning, every step) in images/s, for each sampler.
 
 ``--compile true`` runs the model's own ``compile`` path (the denoiser and the prior through
 ``torch.compile``, static batch shapes); the first step, which compiles, is reported apart.
