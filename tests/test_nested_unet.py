@@ -158,6 +158,21 @@ def test_the_inner_unet_starts_from_a_checkpoint_and_wrong_ones_fail_in_one_line
         assert torch.equal(model.denoiser.inner_unet.state_dict()[name], value), name
     assert model.hparams["denoiser"]["init_args"]["inner_checkpoint"] is None
 
+    # An export of the inner run serves as well (how a trained inner model travels between machines),
+    # bf16 included, and a nested UNet laid out channels-last takes it (the layout is not in the weights).
+    from kaleido.export import export
+
+    exported = export(path, tmp_path / "inner_bf16.ckpt", dtype="bfloat16")
+    settings = {**asdict(TINY_UNET), "channels_last": True}
+    nested_from_export = NestedUNet(**{"inner": settings, **OUTER, "inner_checkpoint": str(exported)}, cond_dim=TINY_T5.d_model, image_size=SIZE)
+    for name, value in inner_model.denoiser.state_dict().items():
+        assert torch.equal(nested_from_export.inner_unet.state_dict()[name], value.to(torch.bfloat16).to(value.dtype)), name
+    from kaleido.checkpoint import load_prior_weights
+
+    prior = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "image_size": INNER}).prior
+    load_prior_weights(prior, exported)  # init_prior_from reads an export too
+    assert torch.equal(prior.t5.shared.weight, inner_model.prior.t5.shared.weight.to(torch.bfloat16).float())
+
     cond_dim = TINY_T5.d_model
     dit = {"class_path": "kaleido.nn.dit.DiT", "init_args": {"patch_size": 4, "depth": 1, "hidden": 32, "heads": 2, "cond_layers": 1}}
     dit_path = _save_as_fit_does(
