@@ -21,9 +21,10 @@ VERSION = re.compile(r"version_(\d+)")
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The checkpoint written last in a folder (``last.ckpt`` on a tie): the latest state of that run."""
-    found = [p for p in checkpoints.glob("*.ckpt") if p.is_file()]
-    return max(found, key=lambda p: (p.stat().st_mtime, p.name.startswith("last")), default=None)
+    """The checkpoint written last in a folder (``last.ckpt`` on a tie): the latest state of that run.
+    An export saved beside the run's checkpoints (``python -m kaleido export``) holds no state to resume."""
+    found = sorted((p for p in checkpoints.glob("*.ckpt") if p.is_file()), key=lambda p: (p.stat().st_mtime, p.name.startswith("last")))
+    return next((p for p in reversed(found) if export_record(p) is None), None)
 
 
 def latest_run(root: Path) -> tuple[int, Path] | None:
@@ -39,15 +40,22 @@ def latest_run(root: Path) -> tuple[int, Path] | None:
     return None
 
 
-def refuse_export(path: str | Path) -> None:
-    """An export (``python -m kaleido export``) has no optimiser or loop state to resume: one line, not Lightning's KeyError."""
+def export_record(path: str | Path) -> dict | None:
+    """What ``python -m kaleido export`` recorded in the file at ``path``; None for a checkpoint written by
+    ``fit`` (or one not readable here: Lightning's own load then says why)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights are not read
-    except Exception:  # noqa: BLE001 - not readable here: Lightning's own load says why
-        return
-    if isinstance(checkpoint, dict) and EXPORT_KEY in checkpoint:
-        source = checkpoint[EXPORT_KEY].get("source")
-        raise ValueError(f"{path} is an export for sampling and evaluation (no optimiser state): resume from the run's own checkpoint ({source})")
+    except Exception:  # noqa: BLE001
+        return None
+    return checkpoint.get(EXPORT_KEY) if isinstance(checkpoint, dict) else None
+
+
+def refuse_export(path: str | Path) -> None:
+    """An export has no optimiser or loop state to resume: one line, not Lightning's KeyError."""
+    if (record := export_record(path)) is not None:
+        raise ValueError(
+            f"{path} is an export for sampling and evaluation (no optimiser state): resume from the run's own checkpoint ({record.get('source')})"
+        )
 
 
 def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
@@ -88,4 +96,4 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
     return str(checkpoint)
 
 
-__all__ = ["latest_checkpoint", "latest_run", "refuse_export", "resolve_resume"]
+__all__ = ["export_record", "latest_checkpoint", "latest_run", "refuse_export", "resolve_resume"]

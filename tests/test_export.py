@@ -70,6 +70,11 @@ def test_what_an_export_cannot_do_is_one_line(trained: Path, tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"export for sampling and evaluation \(no optimiser state\): resume from .*last\.ckpt"):
         refuse_export(export)
     refuse_export(trained)  # a training checkpoint resumes
+    from kaleido.resume import latest_checkpoint
+
+    beside = trained.parent / "zz_export.ckpt"  # written after last.ckpt, in the run's own folder
+    main(["export", "--ckpt_path", str(trained), "--output", str(beside), "--overwrite", "true"])
+    assert latest_checkpoint(trained.parent) == trained  # `--ckpt_path last` resumes the run, not the export
     config = Path(__file__).parent / "configs" / "tiny_kaleido.yaml"
     with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt is an export for sampling and evaluation"):
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(export)])

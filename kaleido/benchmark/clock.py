@@ -39,13 +39,18 @@ class Clock:
         return totals
 
 
-def seconds_per_call(fn: Callable[[], object], device: str, calls: int, warmup: int) -> tuple[float, float]:
-    """Seconds of the first call (a compiled network compiles in it) and per call after ``warmup`` more."""
+def seconds(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one call, the device synchronised at both ends."""
     sync(device)
     start = time.perf_counter()
     fn()
     sync(device)
-    first = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def seconds_per_call(fn: Callable[[], object], device: str, calls: int, warmup: int) -> tuple[float, float]:
+    """Seconds of the first call (a compiled network compiles in it) and per call after ``warmup`` more."""
+    first = seconds(fn, device)
     for _ in range(warmup):
         fn()
     sync(device)

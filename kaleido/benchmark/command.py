@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from kaleido.benchmark.sampling import measure_sampling
 from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
 from kaleido.cli import KaleidoCLI
 from kaleido.data.contract import require_data
-from kaleido.devices import resolve_device
+from kaleido.devices import resolve_device, sampling_autocast
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import Compile
 
@@ -145,8 +145,7 @@ def benchmark(
         torch.backends.cudnn.benchmark = trainer.get("benchmark")
     device_type = torch.device(device).type
 
-    def autocast() -> AbstractContextManager:
-        return torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    autocast = partial(sampling_autocast, precision, device)  # a fresh context per use, as training and sampling use it
 
     data.prepare_data()
     data.setup("fit")

@@ -3,7 +3,6 @@ the doubled batch against a CFG sampling step and the whole ``generate``, for ea
 
 from __future__ import annotations
 
-import time
 import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -11,7 +10,7 @@ from typing import Any
 
 import torch
 
-from kaleido.benchmark.clock import seconds_per_call, sync
+from kaleido.benchmark.clock import seconds, seconds_per_call
 from kaleido.benchmark.profile import profile_steps
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import Compile, SamplingSettings
@@ -50,31 +49,24 @@ def measure_sampling(
     }
     for sampler in SAMPLERS:
 
-        def run(num_steps: int, sampler: str = sampler) -> float:
-            """Seconds of the sampler's loop alone on the conditioning drawn above (z drawn once, outside)."""
-            sync(device)
-            start = time.perf_counter()
+        def run(num_steps: int, sampler: str = sampler) -> None:
+            """The sampler's loop alone on the conditioning drawn above (z drawn once, outside)."""
             with torch.no_grad(), autocast():
                 model.sample_images(cond, cfg_scale, sampler, num_steps, torch.Generator(device).manual_seed(0), compile)
-            sync(device)
-            return time.perf_counter() - start
 
-        def generate(sampler: str = sampler) -> float:
-            """Seconds of the whole ``generate``: z drawn by the prior, the conditioning, every step."""
-            sync(device)
-            start = time.perf_counter()
-            with autocast():  # generate returns images on the CPU: it ends synchronised
+        def generate(sampler: str = sampler) -> None:
+            """The whole ``generate``: z drawn by the prior, the conditioning, every step."""
+            with autocast():
                 model.generate(conditions, cfg_scale=cfg_scale, sampler=sampler, num_steps=sample_steps, batch_size=len(conditions), compile=compile)
-            return time.perf_counter() - start
 
-        first = run(2)  # the denoiser compiled in the raw forward's first call: this warms the rest
-        one, full = run(1), run(sample_steps)
+        first = seconds(lambda: run(2), device)  # the denoiser compiled in the raw forward's first call: this warms the rest
+        one, full = seconds(lambda: run(1), device), seconds(lambda: run(sample_steps), device)
         step = max(full - one, 0.0) / (sample_steps - 1)
         result["samplers"][sampler] = {
             "first_call_s": first,
             "step_s": step,
             "step_images_per_s": len(conditions) / step if step else None,
             "step_over_raw_forward": step / raw,
-            "images_per_s": len(conditions) / generate(),
+            "images_per_s": len(conditions) / seconds(generate, device),
         }
     return result
