@@ -158,3 +158,5 @@ def test_prepare_shapes_writes_the_scenes_the_data_module_draws(tmp_path: Path, 
     assert Image.open(tmp_path / "s" / lines[0]["file_name"]).size == (48, 48)
     with pytest.raises(SystemExit, match="exists; pass --overwrite true"):
         main(["prepare", "shapes", "--output", str(tmp_path / "s"), "--num_items", "4"])
+    with pytest.raises(SystemExit, match="^error: --num_items must be >= 1, got 0$"):
+        main(["prepare", "shapes", "--output", str(tmp_path / "t"), "--num_items", "0"])

@@ -59,6 +59,8 @@ def test_a_bf16_export_is_half_the_size_and_rounds_only_the_weights(trained: Pat
 def test_what_an_export_cannot_do_is_one_line(trained: Path, tmp_path: Path) -> None:
     export = tmp_path / "m.ckpt"
     main(["export", "--ckpt_path", str(trained), "--output", str(export)])
+    with pytest.raises(SystemExit, match=r"^error: --dtype: 'float16' is not accepted; expected one of 'float32', 'bfloat16'"):
+        main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "h.ckpt"), "--dtype", "float16"])
     with pytest.raises(SystemExit, match=r"^error: .*m\.ckpt exists; pass --overwrite true"):
         main(["export", "--ckpt_path", str(trained), "--output", str(export)])
     with pytest.raises(SystemExit, match="is an export of the averaged weights only; load it with weights='averaged'"):
