@@ -23,9 +23,9 @@ from typing import Any
 
 MODES = {"eager": "false", "compiled": "true", "cudagraphs": "reduce-overhead"}  # cudagraphs: opt in with --modes
 COLUMNS = (
-    "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU",
+    "config", "mode", "batch", "step ms", "images/s", "GFLOP/image", "MFU", "MFU of measured matmul",
     "loader / conditioning / denoiser / optimiser", "step / denoiser-only", "DDPM CFG step / raw forward",
-    "device busy, kernels per step", "Trainer.fit step / step", "peak GiB",
+    "device busy, kernels per step", "Trainer.fit step / step, between steps", "peak GiB allocated (reserved)",
 )
 
 
@@ -33,18 +33,20 @@ def row(result: dict[str, Any], name: str, mode: str) -> list[str]:
     """One table row from a ``benchmark`` JSON."""
     train, sampling = result["training"], result["sampling"]
     shares = " / ".join(f"{100 * train['shares'][part]:.0f}" for part in ("loader", "conditioning", "denoiser", "optimizer"))
-    mfu = "–" if train["mfu"] is None else f"{100 * train['mfu']:.1f}%"
+    mfu, of_matmul = ("–" if value is None else f"{100 * value:.1f}%" for value in (train["mfu"], train.get("mfu_of_matmul")))
     ddpm = sampling["samplers"].get("ddpm", {})
     ratio = ddpm.get("step_over_raw_forward")
     profile = train.get("profile")  # with --profile_steps only
     busy = "–" if not profile else f"{profile['busy_share']:.0%}, {profile['kernels_per_step']:,.0f}"
     fit = result.get("fit")  # with --fit_steps only
-    fit_ratio = "–" if not fit else f"{fit['over_training_step']:.2f}"
+    fit_ratio = "–" if not fit else f"{fit['over_training_step']:.2f}" + (
+        f", {1000 * fit['between_steps_s']:.1f} ms" if "between_steps_s" in fit else "")  # JSON of older commits lack it
     return [
         name, mode, str(result["settings"]["batch_size"]), f"{1000 * train['step_s']:.1f}", f"{train['images_per_s']:,.0f}",
-        f"{train['flops_per_image'] / 1e9:.2f}", mfu, shares + " %", f"{result['denoiser_only']['step_over_denoiser_only']:.2f}",
+        f"{train['flops_per_image'] / 1e9:.2f}", mfu, of_matmul, shares + " %", f"{result['denoiser_only']['step_over_denoiser_only']:.2f}",
         "–" if ratio is None else f"{ratio:.2f}", busy, fit_ratio,
-        "–" if train.get("peak_memory_gib") is None else f"{train['peak_memory_gib']:.1f}",
+        "–" if train.get("peak_memory_gib") is None else f"{train['peak_memory_gib']:.1f}"
+        + (f" ({train['peak_reserved_gib']:.1f})" if train.get("peak_reserved_gib") is not None else ""),
     ]
 
 

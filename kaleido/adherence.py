@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from kaleido.checkpoint import Weights, load
+from kaleido.checkpoint import Weights, load, recorded_data
 from kaleido.data.contract import checkpoint_datamodule
 from kaleido.devices import Precision, resolve_device, resolve_precision, sampling_autocast
 from kaleido.diffusion.guiders import build_guider
@@ -78,7 +78,7 @@ def adherence(
     model = load(ckpt_path, map_location=device, expected=Kaleido, weights=weights)
     chosen = given if given is not None else build_guider(model.sampling.guider)
     latent_types = model.tokenizer.latent_types
-    data = checkpoint_datamodule(Path(ckpt_path), data_config)
+    data = checkpoint_datamodule(Path(ckpt_path), data_config, lambda: recorded_data(ckpt_path))
     if data is None:
         print(f"note: no config.yaml beside {ckpt_path} and no --data_config: every latent type is read by its own extractor")
     readers = adherence_readers(latent_types, data, device)  # fails before sampling, not after

@@ -33,6 +33,13 @@ def check_weights(weights: str) -> None:
         raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
 
 
+def recorded_data(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The data section (``class_path`` + ``init_args``) an export recorded from its run's config, so that
+    ``evaluate`` and ``adherence`` know the data of a lone export file; None for a ``fit`` checkpoint."""
+    record = read_checkpoint(ckpt_path).get(EXPORT_KEY) or {}
+    return record.get("data")
+
+
 def exported_weights(checkpoint: dict[str, Any]) -> Weights | None:
     """Which weights an export (``python -m kaleido export``) holds; None for a checkpoint written by ``fit``."""
     record = checkpoint.get(EXPORT_KEY)

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from kaleido.checkpoint import Weights, load
+from kaleido.checkpoint import Weights, load, recorded_data
 from kaleido.data.contract import checkpoint_datamodule, require_data, sample_metrics
 from kaleido.devices import Precision, resolve_device, resolve_precision, sampling_autocast
 from kaleido.diffusion.guiders import Guider, build_guider
@@ -53,11 +53,12 @@ def default_reference_cache() -> Path:
 def evaluation_data(ckpt_path: Path, data_config: Path | None, command: str) -> LightningDataModule:
     """The data a checkpoint was trained on (:func:`kaleido.data.contract.checkpoint_datamodule`),
     checked against the data contract."""
-    datamodule = checkpoint_datamodule(ckpt_path, data_config)
+    datamodule = checkpoint_datamodule(ckpt_path, data_config, lambda: recorded_data(ckpt_path))
     if datamodule is None:
         raise FileNotFoundError(
             f"cannot tell which data {ckpt_path} was trained on: there is no config.yaml beside it or one folder up "
-            "(LightningCLI writes one there); pass --data_config CONFIG.yaml (a training config, or its data section)"
+            "(LightningCLI writes one there) and it is no export that recorded one; pass --data_config CONFIG.yaml "
+            "(a training config, or its data section)"
         )
     return require_data(datamodule, command)
 

@@ -19,6 +19,7 @@ import torch
 
 from kaleido.checkpoint import EXPORT_KEY, Weights, check_weights, model_from_checkpoint
 from kaleido.checkpoint_io import CHECKPOINT_KEY, read_checkpoint
+from kaleido.data.contract import data_section, run_config
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -28,6 +29,7 @@ def export(
     output: Path,
     weights: Weights = "averaged",
     dtype: Literal["float32", "bfloat16"] = "float32",
+    data_config: Path | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the checkpoint's model for sampling and evaluation: its record, hyperparameters and one set of weights.
@@ -39,6 +41,9 @@ def export(
             the optimiser's own weights.
         dtype: of the floating-point parameters: "float32" (as trained) or "bfloat16" (half the size).
             Buffers (e.g. the VQ's codebook, which its nearest-code search keeps in float32) stay as they are.
+        data_config: the training config (or its data section) whose data section the export records, so
+            that ``evaluate`` and ``adherence`` read a lone export file without ``--data_config`` (default:
+            the ``config.yaml`` beside ``ckpt_path`` or one folder up, or what an exported source recorded).
         overwrite: write over an existing file.
     """
     if dtype not in DTYPES:
@@ -55,6 +60,8 @@ def export(
     cast = DTYPES[dtype]
     state = {name: value.to(cast) if name in parameters and value.is_floating_point() else value for name, value in model.state_dict().items()}
     before = checkpoint.get(EXPORT_KEY) or {}  # an export of an export keeps what its source was
+    config = data_config if data_config is not None else run_config(Path(ckpt_path))
+    data = data_section(Path(config)) if config is not None else before.get("data")
     step = before.get("global_step", checkpoint.get("global_step"))
     slim = {
         CHECKPOINT_KEY: checkpoint[CHECKPOINT_KEY],
@@ -62,7 +69,7 @@ def export(
         "state_dict": state,
         EXPORT_KEY: {
             "source": before.get("source", str(ckpt_path)), "weights": model.loaded_weights, "dtype": dtype, "global_step": step,
-            "bf16_rounded": dtype == "bfloat16" or bool(before.get("bf16_rounded")),
+            "bf16_rounded": dtype == "bfloat16" or bool(before.get("bf16_rounded")), "data": data,
         },
         # What Lightning's `validate` / `test --ckpt_path` read beside the weights.
         "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version"), "epoch": checkpoint.get("epoch"), "global_step": step,
@@ -74,6 +81,9 @@ def export(
     model_name = checkpoint[CHECKPOINT_KEY].get("class_path", "?").rpartition(".")[2]
     print(f"export: {model_name}, {model.loaded_weights} weights of step {step}, {dtype} -> {output} "
           f"({_mib(output):.1f} MiB, from {_mib(Path(ckpt_path)):.1f} MiB)")
+    if data is None:
+        print(f"note: no config.yaml beside {ckpt_path} and no --data_config: the export records no data, so evaluate "
+              "and adherence will need --data_config")
     return output
 
 

@@ -44,7 +44,7 @@ def test_the_command_reports_every_measure(result: dict[str, Any]) -> None:
     training = result["training"]
     assert training["images_per_s"] > 0 and training["step_s"] > 0 and training["first_step_s"] > 0
     assert training["compile_s"] is None  # eager
-    assert training["peak_memory_gib"] is None  # CUDA's allocator only
+    assert training["peak_memory_gib"] is None and training["peak_reserved_gib"] is None  # CUDA's allocator only
     assert set(training["shares"]) == {"loader", "conditioning", "denoiser", "optimizer"}
     assert sum(training["shares"].values()) == pytest.approx(1.0)
     assert all(share >= 0 for share in training["shares"].values())
@@ -74,6 +74,7 @@ def test_the_profile_says_where_the_step_goes(result: dict[str, Any]) -> None:
 def test_fit_runs_the_config_s_trainer_beside_the_bare_step(result: dict[str, Any]) -> None:
     fit = result["fit"]
     assert fit["steps"] == 2 and fit["warmup"] == 1 and fit["step_s"] > 0
+    assert 0 <= fit["between_steps_s"] <= fit["step_s"]  # one gap between the two timed steps, inside them
     assert fit["images_per_s"] == pytest.approx(result["settings"]["batch_size"] / fit["step_s"])
     assert fit["over_training_step"] == pytest.approx(fit["step_s"] / result["training"]["step_s"])
     assert "Trainer.fit step" in format_table(result)
@@ -98,8 +99,16 @@ def test_kernels_are_grouped_by_what_they_do(name: str, expected: str) -> None:
 
 def test_mfu_is_null_on_a_cpu_and_says_why(result: dict[str, Any]) -> None:
     assert result["training"]["mfu"] is None and result["settings"]["peak_tflops"] is None
+    assert result["training"]["mfu_of_matmul"] is None and result["settings"]["matmul_tflops"] is None  # measured on a GPU only
     assert "CPU" in result["settings"]["peak_source"]
     assert result["training"]["achieved_tflops"] > 0
+
+
+def test_the_measured_matmul_rate_times_one_product() -> None:
+    from kaleido.benchmark.peaks import matmul_tflops
+
+    rate = matmul_tflops("cpu", "32", size=128, calls=3, warmup=1)
+    assert 0 < rate < 100  # TFLOP/s of a 128³ product on a CPU: counted as 2·128³ per call
 
 
 def test_flops_match_an_independent_count_of_the_training_step(config: Path, result: dict[str, Any]) -> None:
@@ -189,5 +198,9 @@ def test_the_table_script_renders_measured_and_failed_runs(result: dict[str, Any
     assert eager.startswith(f"| shapes-tiny_gpu | eager | {result['settings']['batch_size']} | {step_ms} |")
     assert compiled.startswith("| shapes-tiny_gpu | compiled | failed: torch.OutOfMemoryError: CUDA out of memory |")
     profile = result["training"]["profile"]
-    assert eager.endswith(f" | {profile['busy_share']:.0%}, {profile['kernels_per_step']:,.0f} | {result['fit']['over_training_step']:.2f} | – |")  # no peak memory on a CPU
+    fit = result["fit"]
+    assert eager.endswith(f" | {profile['busy_share']:.0%}, {profile['kernels_per_step']:,.0f} | "
+                          f"{fit['over_training_step']:.2f}, {1000 * fit['between_steps_s']:.1f} ms | – |")  # no peak memory on a CPU
+    cells = [cell.strip() for cell in eager.strip("|").split("|")]
+    assert cells[6] == cells[7] == "–"  # MFU, and MFU of the measured matmul: none on a CPU
     assert (tmp_path / "table.md").read_text().startswith("| config | mode |")

@@ -4,10 +4,12 @@ fails in one line."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 import kaleido
@@ -109,3 +111,35 @@ def test_an_export_of_an_export_keeps_its_source_step_and_rounding(trained: Path
     assert record["dtype"] == "float32" and record["bf16_rounded"] is True
     with pytest.raises(SystemExit, match="--output is the checkpoint being exported"):
         main(["export", "--ckpt_path", str(tmp_path / "t.ckpt"), "--output", str(tmp_path / "t.ckpt"), "--overwrite", "true"])
+
+
+def test_an_export_records_its_run_s_data_so_a_lone_file_can_be_evaluated(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kaleido.checkpoint import recorded_data
+    from kaleido.data.contract import build_datamodule, checkpoint_datamodule
+    from kaleido.evaluate import evaluation_data
+
+    section = {"class_path": "kaleido.shapes.ShapesDataModule", "init_args": {"shapes": {"resolution": 16, "max_objects": 1}, "num_train": 64}}
+    run = tmp_path / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 3}, "data": section}))
+    source = run / "checkpoints" / "last.ckpt"
+    shutil.copy(trained, source)
+    main(["export", "--ckpt_path", str(source), "--output", str(tmp_path / "alone" / "m.ckpt"), "--dtype", "bfloat16"])
+    lone = tmp_path / "alone" / "m.ckpt"
+    assert recorded_data(lone) == section  # the config beside the run, one folder up
+    data = checkpoint_datamodule(lone, None, lambda: recorded_data(lone))
+    assert data is not None and data.identity() == build_datamodule(section).identity()
+    assert evaluation_data(lone, None, "evaluate").identity() == data.identity()
+    main(["export", "--ckpt_path", str(lone), "--output", str(tmp_path / "again.ckpt")])  # an export of an export keeps it
+    assert recorded_data(tmp_path / "again.ckpt") == section
+
+    capsys.readouterr()
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "none.ckpt")])  # no config.yaml beside it
+    assert "the export records no data, so evaluate and adherence will need --data_config" in capsys.readouterr().out
+    assert recorded_data(tmp_path / "none.ckpt") is None
+    with pytest.raises(FileNotFoundError, match="it is no export that recorded one; pass --data_config"):
+        evaluation_data(tmp_path / "none.ckpt", None, "evaluate")
+    given = tmp_path / "data.yaml"
+    given.write_text(yaml.safe_dump(section))
+    main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "given.ckpt"), "--data_config", str(given)])
+    assert recorded_data(tmp_path / "given.ckpt") == section

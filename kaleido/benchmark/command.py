@@ -16,7 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from kaleido.__about__ import __version__
 from kaleido.benchmark.fit import measure_fit
-from kaleido.benchmark.peaks import peak
+from kaleido.benchmark.peaks import matmul_tflops, peak
 from kaleido.benchmark.profile import format_profile
 from kaleido.benchmark.sampling import measure_sampling
 from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
@@ -107,7 +107,9 @@ def benchmark(
             graphs); compiling also sets ``data.init_args.pad_to_limits`` (one batch shape).
         precision: "bf16" (autocast) or "32" (TF32 matmuls on a GPU) (default: the config's trainer.precision).
         device: "auto" (CUDA when visible), "cpu", "cuda" or "cuda:N".
-        peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU).
+        peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU). On
+            a GPU the report also reads the step against the rate of one large matmul measured there
+            (``mfu_of_matmul``).
         sample_steps: sampler steps of the whole-sampler measure (default: the config's sampling.num_steps); >= 2.
         cfg_scale: the guidance scale of the sampling measures, not 1 (default: the config's sampling.cfg_scale).
         profile_steps: that many more training steps, and raw forwards of the doubled sampling batch, under
@@ -144,6 +146,8 @@ def benchmark(
     if trainer.get("benchmark") is not None:
         torch.backends.cudnn.benchmark = trainer.get("benchmark")
     device_type = torch.device(device).type
+    # The MFU against what this very chip's matmuls reach as well: the data sheet's peak is 25% above it on an H200.
+    measured_peak = matmul_tflops(device, precision) if device_type == "cuda" else None
 
     autocast = partial(sampling_autocast, precision, device)  # a fresh context per use, as training and sampling use it
 
@@ -172,6 +176,7 @@ def benchmark(
             "fit_steps": fit_steps, "overrides": overrides or [],
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
+            "matmul_tflops": measured_peak,
         },
         "model": type(model).__name__,
         "parameters": model.num_parameters(),
@@ -179,7 +184,7 @@ def benchmark(
         "torch": torch.__version__,
         "kaleido": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **rates(training, flops, denoiser_only, batch_size, peak_value, compiling),
+        **rates(training, flops, denoiser_only, batch_size, peak_value, compiling, measured_peak),
         "sampling": sampling,
     }
     if fit_steps:
@@ -215,9 +220,12 @@ def format_table(result: dict[str, Any]) -> str:
         ("training step", f"{train['step_s'] * 1e3:.1f} ms   {train['images_per_s']:.1f} images/s"),
         ("  first step", f"{train['first_step_s']:.2f} s, of which the loader's start {train['first_step_loader_s']:.2f} s"
                          + ("" if train["compile_s"] is None else f", compiling ~{train['compile_s']:.1f} s")),
-        *([("  peak memory", f"{train['peak_memory_gib']:.2f} GiB allocated (the timed steps)")] if train.get("peak_memory_gib") is not None else []),
+        *([("  peak memory", f"{train['peak_memory_gib']:.2f} GiB allocated, {train['peak_reserved_gib']:.2f} GiB reserved (the timed steps)")]
+          if train.get("peak_memory_gib") is not None else []),
         ("  GFLOP per image", f"{train['flops_per_image'] / 1e9:.3g}  ({by_part})  forward + backward"),
-        ("  achieved", f"{train['achieved_tflops']:.3g} TFLOP/s   MFU {mfu}  (peak: {s['peak_source']})"),
+        ("  achieved", f"{train['achieved_tflops']:.3g} TFLOP/s   MFU {mfu}  (peak: {s['peak_source']})"
+                       + ("" if train.get("mfu_of_matmul") is None else
+                          f";  {train['mfu_of_matmul']:.1%} of this device's measured matmul rate, {s['matmul_tflops']:.0f} TFLOP/s")),
         ("  shares", "  ".join(f"{part} {share:.0%}" for part, share in train["shares"].items())),
         *(format_profile(train["profile"]) if train.get("profile") else []),
         ("denoiser-only step", f"{only['step_s'] * 1e3:.1f} ms   {only['images_per_s']:.1f} images/s   "
@@ -229,6 +237,7 @@ def format_table(result: dict[str, Any]) -> str:
         fit = result["fit"]
         rows.append(("Trainer.fit step", f"{fit['step_s'] * 1e3:.1f} ms   {fit['images_per_s']:.1f} images/s   "
                                          f"fit / training step {fit['over_training_step']:.2f}  ({fit['steps']} steps)"))
+        rows.append(("  between steps", f"{fit['between_steps_s'] * 1e3:.1f} ms  (the next batch from the loader, its copy to the device, the loop)"))
     if sampling.get("profile"):
         rows += format_profile(sampling["profile"], "sampling profile")
     for name, m in sampling["samplers"].items():

@@ -16,20 +16,27 @@ from kaleido.benchmark.clock import sync
 
 class StepTimer(Callback):
     """The host clock from the start of step ``warmup`` to the end of the last step, the GPU synchronised at
-    both ends (the last in ``callbacks``: every other hook of the last step is inside)."""
+    both ends (the last in ``callbacks``: every other hook of the last step is inside), and the part of it
+    spent between one step's last hook and the next step's first: Lightning fetches the next batch from the
+    loader and copies it to the device there, so a starved GPU shows up as time between steps."""
 
     def __init__(self, warmup: int, device: str) -> None:
         self.warmup, self.device = warmup, device
         self.start: float | None = None
         self.first_step = 0
         self.elapsed, self.steps = 0.0, 0
+        self.between = 0.0
+        self.last_end: float | None = None
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.start is None and trainer.global_step >= self.warmup:
             sync(self.device)
             self.start, self.first_step = time.perf_counter(), trainer.global_step
+        elif self.start is not None and self.last_end is not None:
+            self.between += time.perf_counter() - self.last_end
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.last_end = time.perf_counter()
         if self.start is not None and trainer.global_step >= (trainer.max_steps or 0):
             sync(self.device)
             self.elapsed, self.steps = time.perf_counter() - self.start, trainer.global_step - self.first_step
@@ -60,4 +67,4 @@ def measure_fit(
         trainer.fit(model, datamodule=data)
     if timer.steps != steps:
         raise RuntimeError(f"Trainer.fit ran {timer.steps} timed steps, {steps} expected: did a callback stop it early?")
-    return {"steps": steps, "warmup": warmup, "step_s": timer.elapsed / steps}
+    return {"steps": steps, "warmup": warmup, "step_s": timer.elapsed / steps, "between_steps_s": timer.between / max(steps - 1, 1)}  # steps - 1 gaps

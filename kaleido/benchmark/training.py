@@ -80,7 +80,9 @@ def measure_training(
     autocast: Callable[[], AbstractContextManager], steps: int, warmup: int, profile: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seconds per step, the first step apart (it compiles), each part's seconds per step, the device's peak
-    memory allocated over the timed steps (CUDA; None elsewhere); the last batch.
+    memory over the timed steps, allocated and reserved (CUDA; None elsewhere); the last batch. Under CUDA
+    graphs the allocated peak misses the graphs' own memory pool (allocated at capture, replayed without the
+    allocator): read the reserved one.
     ``profile`` > 0: that many more steps under the profiler (:func:`profile_steps`), under ``"profile"``."""
     batches = _endless(loader)
     batch: dict[str, Any] = {}
@@ -115,6 +117,7 @@ def measure_training(
     measured = {
         "step_s": elapsed / steps,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
         "first_step_s": sum(first_parts.values()),
         "first_step_loader_s": first_parts["loader"],
         "part_s": {p: parts.get(p, 0.0) / steps for p in PARTS},
@@ -162,7 +165,8 @@ def fit_optimizer_step(model: ConditionalDiffusion, trainer: Any) -> Callable[[]
 
 
 def rates(
-    training: dict[str, Any], flops: dict[str, int], denoiser_only_s: float, batch_size: int, peak_tflops: float | None, compiled: bool
+    training: dict[str, Any], flops: dict[str, int], denoiser_only_s: float, batch_size: int, peak_tflops: float | None, compiled: bool,
+    matmul_tflops: float | None = None,
 ) -> dict[str, Any]:
     """The training numbers of the report: images/s, FLOPs, MFU, shares; the denoiser-only step."""
     per_image = sum(flops.values()) / batch_size
@@ -177,11 +181,13 @@ def rates(
             "first_step_s": training["first_step_s"],
             "first_step_loader_s": training["first_step_loader_s"],
             "peak_memory_gib": training.get("peak_memory_gib"),
+            "peak_reserved_gib": training.get("peak_reserved_gib"),
             "compile_s": max(training["first_step_s"] - training["first_step_loader_s"] - compute_s, 0.0) if compiled else None,
             "flops_per_image": per_image,
             "flops_per_image_by_part": {part: count / batch_size for part, count in flops.items()},
             "achieved_tflops": achieved,
             "mfu": achieved / peak_tflops if peak_tflops else None,
+            "mfu_of_matmul": achieved / matmul_tflops if matmul_tflops else None,
             "shares": {part: seconds / total for part, seconds in training["part_s"].items()},
             "part_s": training["part_s"],
             "profile": training.get("profile"),

@@ -31,7 +31,7 @@ Optional:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,32 +109,53 @@ def sample_metrics(datamodule: object, images: Tensor, conditions: Sequence[str]
     return None if method is None else method(images, conditions)
 
 
-def build_datamodule(config_path: Path) -> LightningDataModule:
+def build_datamodule(config: Path | dict[str, Any]) -> LightningDataModule:
     """The data module of a LightningCLI ``config.yaml`` (its ``data:`` section) or of a YAML that is just
-    that section (``class_path`` + ``init_args``)."""
+    that section (``class_path`` + ``init_args``); or of either, already read into a dict."""
     from jsonargparse import ArgumentParser
 
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no data config at {config_path}")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    section = config.get("data", config) if isinstance(config, dict) else None
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise ValueError(f"{config_path} has no data module (a 'data:' section with class_path / init_args)")
+    section = data_section(config)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--data", type=LightningDataModule)
     return parser.instantiate(parser.parse_object({"data": section})).data
 
 
-def checkpoint_datamodule(ckpt_path: Path, data_config: Path | None = None) -> LightningDataModule | None:
-    """``data_config`` if given, else the ``config.yaml`` LightningCLI wrote beside the checkpoint
-    (``version_N/config.yaml`` for ``version_N/checkpoints/*.ckpt``); ``None`` when there is neither
-    (checkpoints do not store data settings)."""
-    if data_config is not None:
-        return build_datamodule(data_config)
+def data_section(config: Path | dict[str, Any]) -> dict[str, Any]:
+    """The ``data:`` section (``class_path`` + ``init_args``) of a training config, a file or a dict."""
+    if isinstance(config, dict):
+        loaded, source = config, "the data config"
+    else:
+        if not config.is_file():
+            raise FileNotFoundError(f"no data config at {config}")
+        loaded, source = yaml.safe_load(config.read_text()) or {}, str(config)
+    section = loaded.get("data", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(section, dict) or "class_path" not in section:
+        raise ValueError(f"{source} has no data module (a 'data:' section with class_path / init_args)")
+    return section
+
+
+def run_config(ckpt_path: Path) -> Path | None:
+    """The ``config.yaml`` LightningCLI wrote beside a checkpoint (``version_N/config.yaml`` for
+    ``version_N/checkpoints/*.ckpt``), if there is one."""
     for candidate in (ckpt_path.parent / "config.yaml", ckpt_path.parent.parent / "config.yaml"):
         if candidate.is_file():
-            return build_datamodule(candidate)
+            return candidate
     return None
+
+
+def checkpoint_datamodule(
+    ckpt_path: Path, data_config: Path | None = None, recorded: Callable[[], dict[str, Any] | None] | None = None
+) -> LightningDataModule | None:
+    """``data_config`` if given, else the ``config.yaml`` LightningCLI wrote beside the checkpoint, else the
+    data section ``recorded()`` reads from the checkpoint itself (an export keeps its run's); ``None`` when
+    there is none of them (a checkpoint written by ``fit`` stores no data settings)."""
+    if data_config is not None:
+        return build_datamodule(data_config)
+    beside = run_config(ckpt_path)
+    if beside is not None:
+        return build_datamodule(beside)
+    section = None if recorded is None else recorded()
+    return None if section is None else build_datamodule(section)
 
 
 __all__ = [
@@ -144,8 +165,10 @@ __all__ = [
     "KaleidoData",
     "build_datamodule",
     "checkpoint_datamodule",
+    "data_section",
     "data_extractor",
     "ground_truth",
     "require_data",
+    "run_config",
     "sample_metrics",
 ]
