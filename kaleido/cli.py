@@ -42,9 +42,10 @@ class KaleidoCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` (or a checkpoint of one of this logger's runs) resumes that run in its own
-        ``version_N`` (:mod:`kaleido.resume`)."""
+        ``version_N`` (:mod:`kaleido.resume`); a compiled model gets batches of one shape."""
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_resume(self.trainer, config.get("ckpt_path"))
+        pad_for_compile(self.model, self.datamodule)
 
     def before_validate(self) -> None:
         """A truncated or foreign ``--ckpt_path`` file fails in one line, before Lightning reads it."""
@@ -53,6 +54,17 @@ class KaleidoCLI(LightningCLI):
             check_checkpoint_file(ckpt_path)
 
     before_test = before_validate
+
+
+def pad_for_compile(model: LightningModule, data: LightningDataModule) -> None:
+    """A compiled training step (``compile: true`` or a mode) is traced for one batch shape, and the token
+    ids of a batch are padded to its longest text unless ``data.pad_to_limits``: each new length would
+    recompile (a minute or more on a GPU), and past torch's recompile limit the step would run eager, with
+    only a log line to say so. So a compiled fit pads to the tokenizer's limits, and says it does."""
+    if getattr(model, "compile_training", False) and getattr(data, "pad_to_limits", None) is False:
+        data.pad_to_limits = True  # type: ignore[attr-defined]
+        print("note: model.compile is on, so every batch's token ids are padded to the tokenizer's limits "
+              "(data.pad_to_limits: true): one compiled graph serves every step. Set it in the config to silence this.")
 
 
 def cli_main(args: list[str] | None = None) -> KaleidoCLI:

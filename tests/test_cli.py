@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+import kaleido
 from kaleido.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +129,19 @@ def test_sampling_precision_auto_is_bf16_on_a_gpu_and_32_on_a_cpu() -> None:
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     with sampling_autocast("32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_compiled_fit_pads_batches_to_one_shape_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from kaleido.cli import pad_for_compile
+    from tests.conftest import tiny_datamodule, tiny_model_kwargs
+
+    data = tiny_datamodule()
+    eager = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs())
+    pad_for_compile(eager, data)
+    assert data.pad_to_limits is False and capsys.readouterr().out == ""  # eager: batches as long as their longest text
+    compiled = kaleido.Kaleido(tokenizer=data.tokenizer, **tiny_model_kwargs(), compile="reduce-overhead")
+    pad_for_compile(compiled, data)
+    assert data.pad_to_limits is True and "padded to the tokenizer's limits" in capsys.readouterr().out
+    data.setup("fit")
+    shapes = {tuple(batch["latent_ids"].shape) for batch, _ in zip(data.train_dataloader(), range(3))}
+    assert shapes == {(data.batch_size, data.tokenizer.max_latent_length)}

@@ -46,8 +46,8 @@ class Kaleido(ConditionalDiffusion):
             flow: end-to-end training).
         init_prior_from: a ``LatentPrior`` (or ``Kaleido``) checkpoint whose weights start the prior (two-stage
             training, or a nested UNet started from a trained model); the checkpoint stores null, its weights being in it.
-        compile: ``torch.compile`` the denoiser and the prior for training steps (static shapes:
-            pair it with ``data.pad_to_limits``); true, or a ``torch.compile`` mode by name
+        compile: ``torch.compile`` the denoiser and the prior for training steps (static shapes: ``fit``
+            then sets ``data.pad_to_limits``); true, or a ``torch.compile`` mode by name
             (``reduce-overhead``: replayed as CUDA graphs).
     """
 
