@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kaleido.checkpoint_io import check_checkpoint_file
 from kaleido.progress import use_kaleido_progress_bar
@@ -27,6 +28,7 @@ class KaleidoCLI(LightningCLI):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         configured = config.get("trainer", {}).get("callbacks") or []
         configured = list(configured) if isinstance(configured, list) else [configured]  # the Trainer extends that list
+        refuse_repeated_state(configured)
         trainer = super().instantiate_trainer(**kwargs)
         use_kaleido_progress_bar(trainer, configured)
         return trainer
@@ -54,6 +56,24 @@ class KaleidoCLI(LightningCLI):
             check_checkpoint_file(ckpt_path)
 
     before_test = before_validate
+
+
+def refuse_repeated_state(callbacks: list[Any]) -> None:
+    """Two callbacks that keep state under one key (two ``kaleido.callbacks.EMA``, say: a config that lists
+    one, plus ``--trainer.callbacks+=kaleido.callbacks.EMA``) cannot both be checkpointed; Lightning says so
+    in a traceback. Here it is one line that names them."""
+    seen: dict[str, Any] = {}
+    for callback in callbacks:
+        if not isinstance(callback, Callback) or not is_overridden("state_dict", instance=callback, parent=Callback):
+            continue
+        key = callback.state_key
+        if key in seen:
+            name = f"{type(callback).__module__}.{type(callback).__qualname__}"
+            raise ValueError(
+                f"trainer.callbacks holds {name} twice with the same state ({key}); a run keeps one: remove one "
+                "(a config that already lists it needs no --trainer.callbacks+=)"
+            )
+        seen[key] = callback
 
 
 def pad_for_compile(model: LightningModule, data: LightningDataModule) -> None:

@@ -145,3 +145,11 @@ def test_a_compiled_fit_pads_batches_to_one_shape_and_says_so(capsys: pytest.Cap
     data.setup("fit")
     shapes = {tuple(batch["latent_ids"].shape) for batch, _ in zip(data.train_dataloader(), range(3))}
     assert shapes == {(data.batch_size, data.tokenizer.max_latent_length)}
+
+
+def test_a_second_ema_is_one_line_not_lightning_s_traceback(tmp_path: Path) -> None:
+    config = ROOT / "configs" / "shapes" / "baseline.yaml"
+    assert "kaleido.callbacks.EMA" in config.read_text()  # the CPU config averages already
+    with pytest.raises(SystemExit, match=r"^error: trainer.callbacks holds kaleido.callbacks.EMA twice .*needs no --trainer.callbacks\+=\)$"):
+        main(["fit", "--config", str(config), "--trainer.callbacks+=kaleido.callbacks.EMA", "--trainer.max_steps", "1",
+              "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)])
