@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
@@ -341,19 +342,11 @@ def evaluate(
     runs = [(m, label, float(scale)) for m in models for label in swept for scale in cfg_scales if (m, label, float(scale)) not in done]
     progress = tqdm(total=len(runs) * num_samples, unit="img", desc="evaluate")
     readers: dict[str, Any] = {}  # per model: who reads its latents back (adherence)
-    for model_name, label, scale in runs:
+
+    @torch.no_grad()  # grad mode is per thread: this one runs in the measuring thread
+    def measure(model_name: str, label: str, scale: float, images: Tensor, texts: list[str] | None, seconds: float) -> None:
+        """One run's metrics, its row and the tables rewritten (a sweep stopped half-way keeps every finished run)."""
         model, guider = models[model_name], swept[label]
-        if model_name not in readers:
-            types = model.tokenizer.latent_types if model.uses_latents else []
-            readers[model_name] = adherence_readers(types, datamodule, device)
-            for note in readers[model_name].notes():
-                print(f"{model_name}: {note}")
-        progress.set_postfix(model=model_name, guider=label, cfg=scale)
-        start = time.perf_counter()
-        images, texts = sample_sweep(
-            model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile, guider
-        )
-        seconds = time.perf_counter() - start
         name = run_name(model_name, label, scale)
         grid = output / "grids" / f"{name}.png"
         if texts is None:
@@ -384,7 +377,31 @@ def evaluate(
             for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
                 row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
         rows.append({**row, "sampling_seconds": round(seconds, 2)})
-        write_tables(output, report)  # a sweep stopped half-way keeps every finished run
+        write_tables(output, report)
+
+    # A run's metrics (parsing the samples, the features, the tables: seconds of mostly host work) are
+    # taken in a second thread while the GPU samples the next run; one at a time, in the order of the runs.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaleido-measure") as measurer:
+        pending: list[Future[None]] = []
+        for model_name, label, scale in runs:
+            model, guider = models[model_name], swept[label]
+            if model_name not in readers:
+                types = model.tokenizer.latent_types if model.uses_latents else []
+                readers[model_name] = adherence_readers(types, datamodule, device)
+                for note in readers[model_name].notes():
+                    print(f"{model_name}: {note}")
+            progress.set_postfix(model=model_name, guider=label, cfg=scale)
+            start = time.perf_counter()
+            images, texts = sample_sweep(
+                model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile, guider
+            )
+            seconds = time.perf_counter() - start
+            for finished in [f for f in pending if f.done()]:  # a failed measure stops the sweep now, not at its end
+                pending.remove(finished)
+                finished.result()
+            pending.append(measurer.submit(measure, model_name, label, scale, images, texts, seconds))
+        for future in pending:
+            future.result()
     progress.close()
 
     report["complete"] = True

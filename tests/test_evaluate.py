@@ -293,6 +293,39 @@ def test_evaluate_resumes_a_sweep_that_stopped_half_way(checkpoints: dict[str, P
         main([*args, "--resume", "true", "--seed", "2"])
 
 
+def test_a_run_s_metrics_overlap_the_next_run_s_sampling_and_a_failure_stops_the_sweep(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run is measured in a second thread while the next one samples: the rows keep the runs' order,
+    and a measure that fails stops the sweep with its own error, the runs measured before it kept."""
+    import threading
+
+    import kaleido.evaluate as evaluate_module
+
+    out, cache = tmp_path / "overlap", tmp_path / "cache"
+    args = _args(checkpoints, features, out, cache)
+    args[args.index("--ckpt_path") + 1] = str(checkpoints["baseline"])
+    del args[args.index("--baseline_ckpt_path") : args.index("--baseline_ckpt_path") + 2]
+    args[args.index("--cfg_scales") + 1] = "[1,2,3]"
+    threads: list[str] = []
+    calls = {"n": 0}
+    vendi = evaluate_module.vendi_score
+
+    def failing_third(features: torch.Tensor) -> float:
+        threads.append(threading.current_thread().name)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the third run's measure failed")
+        return vendi(features)
+
+    monkeypatch.setattr(evaluate_module, "vendi_score", failing_third)
+    with pytest.raises(RuntimeError, match="the third run's measure failed"):
+        main(args)
+    assert threads and all(name.startswith("kaleido-measure") for name in threads)
+    kept = json.loads((out / "metrics.json").read_text())
+    assert not kept["complete"] and [r["cfg_scale"] for r in kept["results"]] == [1, 2]
+
+
 def test_matched_precision_compares_each_line_at_the_precision_all_reach() -> None:
     """By hand: line b reaches precision 0.6 at best, so every line is judged over its runs at >= 0.6."""
     def run(model: str, guider: str, scale: float, precision: float, fid: float, recall: float) -> dict[str, object]:
