@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -135,6 +136,28 @@ def _check_arguments(
         raise ValueError(f"--steps and --batch_size must be >= 1, got {steps} and {batch_size}")
 
 
+def shared_at_scale_one(
+    runs: Sequence[tuple[str, str, float]], done: Sequence[dict[str, Any]], swept: dict[str, Guider]
+) -> dict[tuple[str, str], str]:
+    """(model, guider) → the guider whose γ = 1 run holds the same samples, for each γ = 1 run that need
+    not be sampled: at γ = 1 a guider that does not act there (:meth:`Guider.acts_at_scale_one`) draws
+    what plain CFG draws, from the same seed. The first such run of a model (or one an earlier, resumed
+    sweep finished) is sampled; the others share its samples and metrics."""
+    quiet = {label for label, guider in swept.items() if not guider.acts_at_scale_one()}
+    sampled: dict[str, str] = {}
+    for row in done:
+        if row["cfg_scale"] == 1.0 and guider_of(row) in quiet and "same_samples_as" not in row:
+            sampled.setdefault(row["model"], guider_of(row))
+    shared = {}
+    for model, label, scale in runs:
+        if scale == 1.0 and label in quiet:
+            if model in sampled:
+                shared[(model, label)] = sampled[model]
+            else:
+                sampled[model] = label
+    return shared
+
+
 def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
     """``kaleido-<types>`` (e.g. ``kaleido-text-box-visual_token``), numbered when taken: a name that
     tells several Kaleido models apart and is safe in file names."""
@@ -247,7 +270,9 @@ def evaluate(
         steps: sampler steps (the paper: DDPM 250).
         guiders: the guiders to sweep, each a name (``cfg``, ``interval``, ``apg``, ``cads``) or
             ``{"class_path": ..., "init_args": {...}}`` (docs/sampling.md); default plain CFG alone.
-            Every model is measured with each of them at every scale; rows carry the guider's label.
+            Every model is measured with each of them at every scale; rows carry the guider's label. At
+            γ = 1 the guiders that do not act there (all but CADS) draw plain CFG's samples: that run is
+            sampled once per model and shared (``same_samples_as`` in the shared rows).
         output: the output folder (created).
         batch_size: images per forward pass (sampling and features).
         seed: fixes the noise and the z draws; the same for both models and every scale.
@@ -379,11 +404,26 @@ def evaluate(
         rows.append({**row, "sampling_seconds": round(seconds, 2)})
         write_tables(output, report)
 
+    def share(model_name: str, label: str, source_label: str) -> None:
+        """A γ = 1 run that draws another guider's γ = 1 samples: that run's row, grid and details, marked."""
+        source = next(r for r in rows if r["model"] == model_name and guider_of(r) == source_label and r["cfg_scale"] == 1.0)
+        name, of = run_name(model_name, label, 1.0), run_name(model_name, source_label, 1.0)
+        shutil.copyfile(output / "grids" / f"{of}.png", output / "grids" / f"{name}.png")
+        if of in details:
+            details[name] = details[of]
+        rows.append({**source, "guider": label, "guider_settings": swept[label].settings(), "same_samples_as": of, "sampling_seconds": 0.0})
+        write_tables(output, report)
+
+    shared = shared_at_scale_one(runs, rows, swept)
     # A run's metrics (parsing the samples, the features, the tables: seconds of mostly host work) are
     # taken in a second thread while the GPU samples the next run; one at a time, in the order of the runs.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kaleido-measure") as measurer:
         pending: list[Future[None]] = []
         for model_name, label, scale in runs:
+            if (model_name, label) in shared and scale == 1.0:  # measured after the run it shares: one worker, in order
+                pending.append(measurer.submit(share, model_name, label, shared[(model_name, label)]))
+                progress.update(num_samples)
+                continue
             model, guider = models[model_name], swept[label]
             if model_name not in readers:
                 types = model.tokenizer.latent_types if model.uses_latents else []

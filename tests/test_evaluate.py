@@ -269,6 +269,41 @@ def test_evaluate_sweeps_guiders_and_report_joins_old_rows_as_plain_cfg(
         main(["report", "--inputs", f"[{old},{old}]", "--output", str(tmp_path / "x")])
 
 
+def test_guiders_that_do_not_act_at_scale_one_share_its_samples(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At γ = 1 only CADS's condition hook changes what is drawn: interval and APG draw plain CFG's samples,
+    so that run is sampled once and its row, grid and details are shared, marked `same_samples_as`."""
+    import kaleido.evaluate as evaluate_module
+    from kaleido.diffusion.guiders import build_guider
+
+    assert [build_guider(name).acts_at_scale_one() for name in ("cfg", "interval", "apg", "cads")] == [False, False, False, True]
+    sampled: list[float] = []
+    sweep = evaluate_module.sample_sweep
+
+    def counting(model, prompts, scale, *rest):  # type: ignore[no-untyped-def]
+        sampled.append(scale)
+        return sweep(model, prompts, scale, *rest)
+
+    monkeypatch.setattr(evaluate_module, "sample_sweep", counting)
+    out = tmp_path / "shared"
+    args = _args(checkpoints, features, out, tmp_path / "cache")
+    args[args.index("--ckpt_path") + 1] = str(checkpoints["baseline"])
+    del args[args.index("--baseline_ckpt_path") : args.index("--baseline_ckpt_path") + 2]
+    main([*args, "--guiders", "[interval, cfg, apg, cads]"])
+    assert sorted(sampled) == [1, 1, 3, 3, 3, 3]  # γ = 1: interval's (the first) and CADS's
+    rows = {(r["guider"], r["cfg_scale"]): r for r in json.loads((out / "metrics.json").read_text())["results"]}
+    first = rows[("interval", 1.0)]
+    assert "same_samples_as" not in first and "same_samples_as" not in rows[("cads", 1.0)]
+    for guider in ("cfg", "apg"):
+        row = rows[(guider, 1.0)]
+        assert row["same_samples_as"] == "baseline_interval_cfg1" and row["sampling_seconds"] == 0.0
+        assert {k: row[k] for k in ("fid", "recall", "precision")} == {k: first[k] for k in ("fid", "recall", "precision")}
+        assert row["guider_settings"] == build_guider(guider).settings()
+    assert (out / "grids" / "baseline_cfg1.png").read_bytes() == (out / "grids" / "baseline_interval_cfg1.png").read_bytes()
+    assert (out / "grids" / "baseline_apg_cfg1.png").is_file()
+
+
 def test_evaluate_resumes_a_sweep_that_stopped_half_way(checkpoints: dict[str, Path], features: Path, tmp_path: Path) -> None:
     """The tables are written after every run; --resume keeps the finished runs and samples only the rest,
     with the numbers a whole sweep gives; a resume under other settings is refused in one line."""

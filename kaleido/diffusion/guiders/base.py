@@ -99,6 +99,12 @@ class Guider(ABC):
     def start(self, generator: torch.Generator | None) -> None:
         """A new sampling run begins: reset per-run state; `generator` seeds the guider's own noise."""
 
+    def acts_at_scale_one(self) -> bool:
+        """Whether sampling at γ = 1 depends on this guider. γ = 1 runs the conditional pass alone, so
+        `combine` is never called and only a `condition` hook (CADS) changes the samples: a guider without
+        one draws at γ = 1 exactly what plain CFG draws (``evaluate`` samples such a run once)."""
+        return type(self).condition is not Guider.condition
+
     def condition(self, states: Tensor, mask: Tensor, segments: tuple[int, ...], level: Level) -> Tensor:  # noqa: ARG002
         """The conditioning states [B, L, D] the network sees at this step (default: unchanged).
         `segments`: the lengths of the parts concatenated along L (Kaleido: c, then z)."""
