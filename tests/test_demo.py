@@ -225,7 +225,9 @@ def test_the_page_in_headless_chromium(served: str, tmp_path: Path) -> None:
         page.goto(served)
         page.get_by_label("condition c").fill(CONDITION)
         page.get_by_role("button", name="Generate").click()  # four images, the slider's default
-        page.locator("#kaleido-4 img").wait_for(state="visible", timeout=60_000)
+        for name in ("kaleido", "baseline"):  # Gradio shows the outputs one by one: wait for each slot
+            for n in range(1, 5):
+                page.locator(f"#{name}-{n} img").wait_for(state="visible", timeout=60_000)
         shown = {name: sum(page.locator(f"#{name}-{n} img").is_visible() for n in range(1, 9)) for name in ("kaleido", "baseline")}
         page.locator("#z-2 textarea").fill(BAD)
         page.get_by_role("button", name="Redraw image 2 from the same noise").click()
