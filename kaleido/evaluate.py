@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,25 +26,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from kaleido.checkpoint import Weights, load, recorded_data
-from kaleido.data.contract import checkpoint_datamodule, require_data, sample_metrics
+from kaleido.data.contract import checkpoint_datamodule, require_data
 from kaleido.devices import Precision, resolve_device, resolve_precision, sampling_autocast
 from kaleido.diffusion.guiders import Guider, build_guider
 from kaleido.diffusion.samplers import SamplerName
+from kaleido.evaluate_runs import RunMeasures, sample_sweep, shared_at_scale_one
 from kaleido.metrics import (
     ReferenceStatsCache,
     build_feature_extractor,
     extract_features,
-    mean_pairwise_similarity,
-    precision_recall,
-    vendi_score,
 )
-from kaleido.metrics.adherence import adherence_readers, latent_adherence
-from kaleido.metrics.report import guider_of, run_name, write_report, write_tables
+from kaleido.metrics.report import guider_of, write_report
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.diffusion import DiffusionModel
 from kaleido.modules.kaleido import Kaleido
 from kaleido.modules.settings import Compile
-from kaleido.viz import samples_grid, save_grid
 
 
 def default_reference_cache() -> Path:
@@ -74,42 +69,6 @@ def image_batches(dataset: Dataset, count: int | None, batch_size: int, num_work
     yield from DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_images)
 
 
-# -- sampling and metrics -----------------------------------------------------------------------------
-def sample_sweep(
-    model: ConditionalDiffusion,
-    conditions: list[str],
-    cfg_scale: float,
-    sampler: str,
-    steps: int,
-    seed: int,
-    batch_size: int,
-    autocast: Any,
-    progress: tqdm,
-    compile: Compile = False,
-    guider: Guider | None = None,
-) -> tuple[Tensor, list[str] | None]:
-    """All samples of one (model, guider, scale), batch by batch; batch ``start`` is seeded by (seed, start)
-    only, so both models, every guider and every scale see the same noise (and Kaleido the same z draws)."""
-    images, texts = [], []
-    for start in range(0, len(conditions), batch_size):
-        part = conditions[start : start + batch_size]
-        with autocast:
-            out = model.generate(
-                part,
-                cfg_scale=cfg_scale,
-                sampler=sampler,
-                num_steps=steps,
-                seed=seed * 1_000_003 + start,
-                batch_size=len(part),
-                compile=compile,
-                guider=guider,
-            )
-        images.append(out.images)
-        texts += out.latent_texts or []
-        progress.update(len(part))
-    return torch.cat(images), (texts if model.uses_latents else None)
-
-
 def build_guiders(specs: Sequence[str | dict[str, Any]] | None) -> dict[str, Guider]:
     """The guiders to sweep, by label (default: plain CFG alone); two with one label are refused."""
     if specs is not None and not specs:
@@ -134,28 +93,6 @@ def _check_arguments(
         )
     if steps < 1 or batch_size < 1:
         raise ValueError(f"--steps and --batch_size must be >= 1, got {steps} and {batch_size}")
-
-
-def shared_at_scale_one(
-    runs: Sequence[tuple[str, str, float]], done: Sequence[dict[str, Any]], swept: dict[str, Guider]
-) -> dict[tuple[str, str], str]:
-    """(model, guider) → the guider whose γ = 1 run holds the same samples, for each γ = 1 run that need
-    not be sampled: at γ = 1 a guider that does not act there (:meth:`Guider.acts_at_scale_one`) draws
-    what plain CFG draws, from the same seed. The first such run of a model (or one an earlier, resumed
-    sweep finished) is sampled; the others share its samples and metrics."""
-    quiet = {label for label, guider in swept.items() if not guider.acts_at_scale_one()}
-    sampled: dict[str, str] = {}
-    for row in done:
-        if row["cfg_scale"] == 1.0 and guider_of(row) in quiet and "same_samples_as" not in row:
-            sampled.setdefault(row["model"], guider_of(row))
-    shared = {}
-    for model, label, scale in runs:
-        if scale == 1.0 and label in quiet:
-            if model in sampled:
-                shared[(model, label)] = sampled[model]
-            else:
-                sampled[model] = label
-    return shared
 
 
 def kaleido_name(model: ConditionalDiffusion, taken: Sequence[str]) -> str:
@@ -300,7 +237,6 @@ def evaluate(
         resume: go on with a sweep that stopped half-way: the runs already in ``output/metrics.json``
             (written after every run) are kept and not sampled again. Its settings must be these.
     """
-    from kaleido.metrics import compute_fid  # here, not at the top: it imports torchmetrics
 
     _check_arguments(cfg_scales, num_samples, steps, batch_size)
     swept = build_guiders(guiders)
@@ -366,54 +302,8 @@ def evaluate(
     done = {(r["model"], guider_of(r), r["cfg_scale"]) for r in rows}
     runs = [(m, label, float(scale)) for m in models for label in swept for scale in cfg_scales if (m, label, float(scale)) not in done]
     progress = tqdm(total=len(runs) * num_samples, unit="img", desc="evaluate")
-    readers: dict[str, Any] = {}  # per model: who reads its latents back (adherence)
 
-    @torch.no_grad()  # grad mode is per thread: this one runs in the measuring thread
-    def measure(model_name: str, label: str, scale: float, images: Tensor, texts: list[str] | None, seconds: float) -> None:
-        """One run's metrics, its row and the tables rewritten (a sweep stopped half-way keeps every finished run)."""
-        model, guider = models[model_name], swept[label]
-        name = run_name(model_name, label, scale)
-        grid = output / "grids" / f"{name}.png"
-        if texts is None:
-            save_grid(images[:64], str(grid), nrow=8, upscale=2)
-        else:  # with each z drawn over its sample by the types that draw
-            samples_grid(images[:64], texts[:64], model.tokenizer.latent_types, ncols=8, upscale=2, captions=False).save(grid)
-        fake = extract_features(extractor, images, batch_size)
-        pr = precision_recall(real, fake, k=3)
-        row: dict[str, Any] = {
-            "model": model_name,
-            "guider": label,
-            "guider_settings": guider.settings(),
-            "cfg_scale": float(scale),
-            "num_samples": num_samples,
-            "fid": compute_fid(reference, fake),
-            "precision": pr.precision,
-            "recall": pr.recall,
-            "vendi": vendi_score(fake),
-            "mean_similarity": mean_pairwise_similarity(fake),
-        }
-        measured = sample_metrics(datamodule, images, prompts)  # e.g. mode coverage on shapes
-        if measured is not None:
-            row.update(measured[0])
-            details[name] = measured[1]
-        extractors = readers[model_name].extractors
-        if texts is not None and extractors:
-            scores = latent_adherence(images, texts, model.tokenizer.latent_types, extractors, prompts, batch_size)
-            for kind, score in scores.items():  # e.g. adherence_text_objects, adherence_box_iou
-                row.update({f"adherence_{kind}_{k}": v for k, v in score.flat().items()})
-        rows.append({**row, "sampling_seconds": round(seconds, 2)})
-        write_tables(output, report)
-
-    def share(model_name: str, label: str, source_label: str) -> None:
-        """A γ = 1 run that draws another guider's γ = 1 samples: that run's row, grid and details, marked."""
-        source = next(r for r in rows if r["model"] == model_name and guider_of(r) == source_label and r["cfg_scale"] == 1.0)
-        name, of = run_name(model_name, label, 1.0), run_name(model_name, source_label, 1.0)
-        shutil.copyfile(output / "grids" / f"{of}.png", output / "grids" / f"{name}.png")
-        if of in details:
-            details[name] = details[of]
-        rows.append({**source, "guider": label, "guider_settings": swept[label].settings(), "same_samples_as": of, "sampling_seconds": 0.0})
-        write_tables(output, report)
-
+    measures = RunMeasures(models, swept, datamodule, prompts, extractor, reference, real, report, output, batch_size, device)
     shared = shared_at_scale_one(runs, rows, swept)
     # A run's metrics (parsing the samples, the features, the tables: seconds of mostly host work) are
     # taken in a second thread while the GPU samples the next run; one at a time, in the order of the runs.
@@ -421,25 +311,20 @@ def evaluate(
         pending: list[Future[None]] = []
         for model_name, label, scale in runs:
             if (model_name, label) in shared and scale == 1.0:  # measured after the run it shares: one worker, in order
-                pending.append(measurer.submit(share, model_name, label, shared[(model_name, label)]))
+                pending.append(measurer.submit(measures.share, model_name, label, shared[(model_name, label)]))
                 progress.update(num_samples)
                 continue
-            model, guider = models[model_name], swept[label]
-            if model_name not in readers:
-                types = model.tokenizer.latent_types if model.uses_latents else []
-                readers[model_name] = adherence_readers(types, datamodule, device)
-                for note in readers[model_name].notes():
-                    print(f"{model_name}: {note}")
+            measures.prepare(model_name)
             progress.set_postfix(model=model_name, guider=label, cfg=scale)
             start = time.perf_counter()
             images, texts = sample_sweep(
-                model, prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile, guider
+                models[model_name], prompts, scale, sampler, steps, seed, batch_size, autocast, progress, compile, swept[label]
             )
             seconds = time.perf_counter() - start
             for finished in [f for f in pending if f.done()]:  # a failed measure stops the sweep now, not at its end
                 pending.remove(finished)
                 finished.result()
-            pending.append(measurer.submit(measure, model_name, label, scale, images, texts, seconds))
+            pending.append(measurer.submit(measures.measure, model_name, label, scale, images, texts, seconds))
         for future in pending:
             future.result()
     progress.close()

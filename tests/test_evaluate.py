@@ -335,7 +335,7 @@ def test_a_run_s_metrics_overlap_the_next_run_s_sampling_and_a_failure_stops_the
     and a measure that fails stops the sweep with its own error, the runs measured before it kept."""
     import threading
 
-    import kaleido.evaluate as evaluate_module
+    import kaleido.evaluate_runs as runs_module
 
     out, cache = tmp_path / "overlap", tmp_path / "cache"
     args = _args(checkpoints, features, out, cache)
@@ -344,7 +344,7 @@ def test_a_run_s_metrics_overlap_the_next_run_s_sampling_and_a_failure_stops_the
     args[args.index("--cfg_scales") + 1] = "[1,2,3]"
     threads: list[str] = []
     calls = {"n": 0}
-    vendi = evaluate_module.vendi_score
+    vendi = runs_module.vendi_score
 
     def failing_third(features: torch.Tensor) -> float:
         threads.append(threading.current_thread().name)
@@ -353,7 +353,7 @@ def test_a_run_s_metrics_overlap_the_next_run_s_sampling_and_a_failure_stops_the
             raise RuntimeError("the third run's measure failed")
         return vendi(features)
 
-    monkeypatch.setattr(evaluate_module, "vendi_score", failing_third)
+    monkeypatch.setattr(runs_module, "vendi_score", failing_third)
     with pytest.raises(RuntimeError, match="the third run's measure failed"):
         main(args)
     assert threads and all(name.startswith("kaleido-measure") for name in threads)
