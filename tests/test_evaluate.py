@@ -78,6 +78,13 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
         assert 0 <= float(row["recall"]) <= 1 and 1 <= float(row["vendi"]) <= 16
     adherence = [row["adherence_text_objects"] for row in rows]  # Kaleido only
     assert all(0 <= float(a) <= 1 for a in adherence[:2]) and adherence[2:] == ["", ""]
+    table = (out / "metrics.md").read_text().splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    column = header.index("text objects (chance)")
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    kaleido_row = next(r for r in rows if r["model"] == "kaleido" and float(r["cfg_scale"]) == 3)
+    objects, chance = float(kaleido_row["adherence_text_objects"]), float(kaleido_row["adherence_text_chance_objects"])
+    assert cells[1][column] == f"{objects:.3f} ({chance:.3f})" and cells[2][column] == ""  # the baseline has no z
 
     report = json.loads((out / "metrics.json").read_text())
     assert report["reference"]["num_images"] == 64 and report["reference"]["precision_recall_images"] == 16
@@ -302,6 +309,10 @@ def test_guiders_that_do_not_act_at_scale_one_share_its_samples(
         assert row["guider_settings"] == build_guider(guider).settings()
     assert (out / "grids" / "baseline_cfg1.png").read_bytes() == (out / "grids" / "baseline_interval_cfg1.png").read_bytes()
     assert (out / "grids" / "baseline_apg_cfg1.png").is_file()
+    table = (out / "metrics.md").read_text().splitlines()  # the docs' table: a row per run, in the lines' order
+    assert table[0].startswith("| model | guider | CFG | FID | precision | recall | Vendi |") and "mode tv" in table[0]
+    assert len(table) == 2 + 8 and table[2].startswith("| baseline | interval | 1 | ")
+    assert table[4].startswith("| baseline | cfg (= baseline_interval_cfg1) | 1 | ") and f"| {first['fid']:.2f} |" in table[4]
 
 
 def test_evaluate_resumes_a_sweep_that_stopped_half_way(checkpoints: dict[str, Path], features: Path, tmp_path: Path) -> None:

@@ -92,13 +92,52 @@ def matched_precision(rows: list[dict[str, Any]], models: Sequence[str]) -> list
     return table
 
 
+MARKDOWN_FIRST = (("fid", "FID"), ("precision", "precision"), ("recall", "recall"), ("vendi", "Vendi"))
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], models: Sequence[str]) -> str:
+    """The runs as a Markdown table for the docs, in the order of :func:`_lines`: FID, precision, recall,
+    Vendi, the data set's total-variation distances (``*_tv``) and modes covered where it has them, and
+    each adherence measure with its chance beside it (``0.959 (0.046)``). A run that shares another's
+    samples (γ = 1 under a guider that does not act there) names it."""
+    present = list(dict.fromkeys(key for row in rows for key in row))
+    tvs = [key for key in present if key.endswith("_tv")]
+    adherence = [key for key in present if key.startswith("adherence_") and "_chance_" not in key and "_data_" not in key]
+    header = ["model", "guider", "CFG", *(label for _, label in MARKDOWN_FIRST), *(key.replace("_", " ") for key in tvs)]
+    header += ["modes covered"] * ("modes_covered" in present)
+    def chance_key(key: str) -> str:  # adherence_<type>_<measure> → adherence_<type>_chance_<measure>
+        kind, _, measure = key.removeprefix("adherence_").rpartition("_")
+        return f"adherence_{kind}_chance_{measure}"
+
+    header += [key.removeprefix("adherence_").replace("_", " ") + (" (chance)" if chance_key(key) in present else "") for key in adherence]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, points in _lines(rows, models):
+        for row in points:
+            cells = [row["model"], guider_of(row), f"{row['cfg_scale']:g}"]
+            cells += [_number(row.get(key)) for key, _ in MARKDOWN_FIRST] + [_number(row.get(key)) for key in tvs]
+            if "modes_covered" in present:
+                cells.append(f"{row.get('modes_covered', 0):.0f} / {row.get('modes_total', 0):.0f}")
+            for key in adherence:
+                chance = row.get(chance_key(key))
+                cells.append(_number(row.get(key)) + ("" if chance is None else f" ({_number(chance)})"))
+            if row.get("same_samples_as"):
+                cells[1] += f" (= {row['same_samples_as']})"
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(output: Path, report: dict[str, Any], models: Sequence[str]) -> None:
-    """The tables (:func:`write_tables`), each line's best point at matched precision
-    (``matched_precision.csv``, :func:`matched_precision`), one plot per metric of ``PLOTS`` against the
+    """The tables (:func:`write_tables`, and ``metrics.md``: :func:`markdown_table`), each line's best point at
+    matched precision (``matched_precision.csv``, :func:`matched_precision`), one plot per metric of ``PLOTS`` against the
     CFG scale and ``fid_vs_recall.png``, every model and guider on the same axes."""
     rows = report["results"]
     write_tables(output, report)
     _write_csv(output / "matched_precision.csv", matched_precision(rows, models))
+    (output / "metrics.md").write_text(markdown_table(rows, models))
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot state
     from matplotlib.figure import Figure
 
