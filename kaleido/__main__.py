@@ -17,12 +17,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import pickle
 import re
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 DEBUG_ENV = "KALEIDO_DEBUG"  # =1, or --debug on any command: a failure shows its traceback, not one line
@@ -97,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from kaleido.adherence import adherence
         from kaleido.benchmark import main as benchmark
+        from kaleido.class_paths import import_object
         from kaleido.datasets.mnist import prepare_mnist
         from kaleido.datasets.twemoji import prepare_twemoji
         from kaleido.demo import demo
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                 return
             functions = {
                 "sample": sample, "latents": latents, "extract": extract, "shard": shard, "evaluate": evaluate, "adherence": adherence,
-                "report": merge_reports, "export": export, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist, "shapes": _plugin_function(PREPARE_SHAPES)}, "demo": demo,
+                "report": merge_reports, "export": export, "prepare": {"twemoji": prepare_twemoji, "mnist": prepare_mnist, "shapes": import_object(PREPARE_SHAPES, "preparer")}, "demo": demo,
             }
             CLI(functions[command], args=rest, as_positional=False, exit_on_error=False)
         except Exception as error:  # bad input: say what, no traceback (--debug shows it)
@@ -124,11 +124,6 @@ def main(argv: list[str] | None = None) -> None:
 
 # The embedded data's preparer, named as configs name its data module: generic code imports no data set.
 PREPARE_SHAPES = "kaleido.shapes.export.prepare_shapes"
-
-
-def _plugin_function(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 if __name__ == "__main__":

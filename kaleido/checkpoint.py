@@ -6,7 +6,6 @@ needs no pickled code: ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -15,6 +14,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from kaleido.checkpoint_io import CHECKPOINT_KEY, read_checkpoint
+from kaleido.class_paths import import_object
 from kaleido.tokenizer import KaleidoTokenizer
 
 Weights = Literal["averaged", "trained"]  # the EMA average, or the optimiser's own weights kept beside it
@@ -33,22 +33,26 @@ def check_weights(weights: str) -> None:
         raise ValueError(f"weights must be 'averaged' or 'trained', got {weights!r}")
 
 
+def export_record(path: str | Path) -> dict[str, Any] | None:
+    """What ``python -m kaleido export`` recorded in the file at ``path``; None for a checkpoint written by
+    ``fit`` (or one not readable here: whoever reads it next says why). The weights are not read (mmap)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001
+        return None
+    return checkpoint.get(EXPORT_KEY) if isinstance(checkpoint, dict) else None
+
+
 def recorded_data(ckpt_path: str | Path) -> dict[str, Any] | None:
     """The data section (``class_path`` + ``init_args``) an export recorded from its run's config, so that
     ``evaluate`` and ``adherence`` know the data of a lone export file; None for a ``fit`` checkpoint."""
-    record = read_checkpoint(ckpt_path).get(EXPORT_KEY) or {}
-    return record.get("data")
+    return (export_record(ckpt_path) or {}).get("data")
 
 
 def exported_weights(checkpoint: dict[str, Any]) -> Weights | None:
     """Which weights an export (``python -m kaleido export``) holds; None for a checkpoint written by ``fit``."""
     record = checkpoint.get(EXPORT_KEY)
     return None if record is None else record["weights"]
-
-
-def _model_class(class_path: str) -> type[LightningModule]:
-    module_name, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), name)
 
 
 def load(
@@ -77,7 +81,7 @@ def model_from_checkpoint(
     """:func:`load` on a checkpoint already read (``source`` names it in errors); the model where the tensors are."""
     check_weights(weights)
     record = checkpoint[CHECKPOINT_KEY]
-    cls = _model_class(record["class_path"])
+    cls = import_object(record["class_path"], "the checkpoint's model class_path")
     if not issubclass(cls, expected):
         names = [c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,))]
         raise TypeError(f"{source} holds a {cls.__name__} checkpoint; expected one of: {', '.join(names)}")

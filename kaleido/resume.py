@@ -9,12 +9,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from kaleido.checkpoint import EXPORT_KEY
+from kaleido.checkpoint import export_record
 from kaleido.checkpoint_io import check_checkpoint_file
 
 VERSION = re.compile(r"version_(\d+)")
@@ -38,16 +37,6 @@ def latest_run(root: Path) -> tuple[int, Path] | None:
         if checkpoint is not None:
             return number, checkpoint
     return None
-
-
-def export_record(path: str | Path) -> dict | None:
-    """What ``python -m kaleido export`` recorded in the file at ``path``; None for a checkpoint written by
-    ``fit`` (or one not readable here: Lightning's own load then says why)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the weights are not read
-    except Exception:  # noqa: BLE001
-        return None
-    return checkpoint.get(EXPORT_KEY) if isinstance(checkpoint, dict) else None
 
 
 def refuse_export(path: str | Path) -> None:
@@ -96,4 +85,4 @@ def resolve_resume(trainer: Trainer, ckpt_path: str | None) -> str | None:
     return str(checkpoint)
 
 
-__all__ = ["export_record", "latest_checkpoint", "latest_run", "refuse_export", "resolve_resume"]
+__all__ = ["latest_checkpoint", "latest_run", "refuse_export", "resolve_resume"]
