@@ -104,6 +104,19 @@ def test_mfu_is_null_on_a_cpu_and_says_why(result: dict[str, Any]) -> None:
     assert result["training"]["achieved_tflops"] > 0
 
 
+def test_a_compiled_config_is_built_with_batches_of_one_shape(config: Path, tmp_path: Path) -> None:
+    """Compiling named in the config itself (not by --compile) pads the batches as fit does."""
+    compiled = tmp_path / "compiled.yaml"
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["init_args"]["compile"] = True
+    settings["data"]["init_args"]["pad_to_limits"] = False
+    compiled.write_text(yaml.safe_dump(settings))
+    _, data, _ = build(compiled, [])
+    assert data.pad_to_limits is True
+    _, eager, _ = build(compiled, ["--model.init_args.compile", "false"])
+    assert eager.pad_to_limits is False
+
+
 def test_the_measured_matmul_rate_times_one_product() -> None:
     from kaleido.benchmark.peaks import matmul_tflops
 

@@ -11,7 +11,8 @@ How each number is measured:
   ``configure_optimizers``, ``zero_grad``. Not included: logging, callbacks (EMA), the learning-rate
   scheduler. ``step_s`` is the host clock over ``steps`` steps after ``warmup`` steps, synchronised with
   the GPU at both ends and never in between (the GPU runs ahead of the host as in ``fit``).
-  ``peak_memory_gib`` (CUDA; null elsewhere): the most memory the allocator held during those steps.
+  ``peak_memory_gib`` / ``peak_reserved_gib`` (CUDA; null elsewhere): the most memory allocated / reserved by
+  the caching allocator during those steps (under CUDA graphs the allocated figure misses the graphs' pool).
 * **Shares**: a mark at each boundary of every step (CUDA events recorded on the stream, read once after
   the loop; the host clock on a CPU, where work is synchronous), each interval named by the part it ends.
   ``loader``: from the end of the previous step to the batch being on the device (waiting on the loader
@@ -25,7 +26,8 @@ How each number is measured:
   (eager: the counter cannot see inside compiled graphs), divided by the batch size; matmuls,
   convolutions and attention (what the counter counts; the optimiser's element-wise work is not).
   **MFU** = FLOPs per image × images/s / the peak: the ``--peak_tflops`` given, else :data:`PEAK_TFLOPS`
-  by the GPU's name; none on a CPU, where MFU is null.
+  by the GPU's name; none on a CPU, where MFU is null. On a GPU ``mfu_of_matmul`` reads the same FLOPs
+  against the rate of one large matmul measured there first (:func:`matmul_tflops`).
 * **Denoiser-only step**: the same model, batch and optimiser with the conditioning computed once without
   gradient: the denoiser's forward and backward and the optimiser's step, the prior neither run nor
   trained. ``step / denoiser-only`` is what the prior costs at equal denoiser.
@@ -40,7 +42,7 @@ How each number is measured:
 """
 
 from kaleido.benchmark.command import benchmark, build, format_table, main
-from kaleido.benchmark.peaks import PEAK_TFLOPS, peak
+from kaleido.benchmark.peaks import PEAK_TFLOPS, matmul_tflops, peak
 from kaleido.benchmark.sampling import SAMPLERS, measure_sampling
 from kaleido.benchmark.training import (
     CPU_ATTENTION_FLOPS,
@@ -67,6 +69,7 @@ __all__ = [
     "measure_denoiser_only",
     "measure_sampling",
     "measure_training",
+    "matmul_tflops",
     "peak",
     "rates",
     "training_parts",

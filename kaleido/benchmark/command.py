@@ -20,7 +20,7 @@ from kaleido.benchmark.peaks import matmul_tflops, peak
 from kaleido.benchmark.profile import format_profile
 from kaleido.benchmark.sampling import measure_sampling
 from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
-from kaleido.cli import KaleidoCLI
+from kaleido.cli import KaleidoCLI, pad_for_compile
 from kaleido.data.contract import require_data
 from kaleido.devices import resolve_device, sampling_autocast
 from kaleido.modules.base import ConditionalDiffusion
@@ -40,7 +40,9 @@ def build(config: Path, overrides: list[str]) -> tuple[ConditionalDiffusion, Lig
 
 
 def _parts(cli: _ModelAndData) -> tuple[ConditionalDiffusion, LightningDataModule, Any]:
-    return cli.model, require_data(cli.datamodule, "benchmark"), cli.config["trainer"]  # type: ignore[return-value]
+    data = require_data(cli.datamodule, "benchmark")
+    pad_for_compile(cli.model, data)  # as fit: a compiled step sees one batch shape, from the config or --compile
+    return cli.model, data, cli.config["trainer"]  # type: ignore[return-value]
 
 
 def _parse(config: Path, overrides: list[str]) -> _ModelAndData:
@@ -132,7 +134,6 @@ def benchmark(
     arguments += [] if batch_size is None else ["--data.init_args.batch_size", str(batch_size)]
     if compile is not None:
         arguments += ["--model.init_args.compile", str(compile).lower() if isinstance(compile, bool) else compile]
-        arguments += ["--data.init_args.pad_to_limits", "true"] if compile else []
     cli = _parse(config, arguments)  # kept: --fit_steps builds the config's Trainer from it
     model, data, trainer = _parts(cli)
     precision = _precision(precision, trainer.get("precision"))  # type: ignore[assignment]
