@@ -143,3 +143,11 @@ def test_an_export_records_its_run_s_data_so_a_lone_file_can_be_evaluated(traine
     given.write_text(yaml.safe_dump(section))
     main(["export", "--ckpt_path", str(trained), "--output", str(tmp_path / "given.ckpt"), "--data_config", str(given)])
     assert recorded_data(tmp_path / "given.ckpt") == section
+
+
+def test_a_checkpoint_naming_a_missing_class_is_one_line(trained: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["kaleido"]["class_path"] = "kaleido.modules.gone.Kaleido"
+    torch.save(checkpoint, tmp_path / "moved.ckpt")
+    with pytest.raises(ValueError, match=r"^cannot import the checkpoint's model class_path 'kaleido.modules.gone.Kaleido': No module"):
+        kaleido.load(tmp_path / "moved.ckpt")
