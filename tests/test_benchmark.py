@@ -34,7 +34,8 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def result(config: Path, single_thread: None) -> dict[str, Any]:  # noqa: ARG001
     output = config.parent / "out" / "benchmark.json"
-    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--profile_steps", "2", "--fit_steps", "2", "--output", str(output)])
+    main(["benchmark", "--config", str(config), "--steps", "2", "--warmup", "1", "--sample_steps", "2", "--profile_steps", "2", "--fit_steps", "2",
+          "--fit_host_profile", "2", "--output", str(output)])
     return json.loads(output.read_text())
 
 
@@ -78,6 +79,100 @@ def test_fit_runs_the_config_s_trainer_beside_the_bare_step(result: dict[str, An
     assert fit["images_per_s"] == pytest.approx(result["settings"]["batch_size"] / fit["step_s"])
     assert fit["over_training_step"] == pytest.approx(fit["step_s"] / result["training"]["step_s"])
     assert "Trainer.fit step" in format_table(result)
+
+
+def test_fit_counts_no_syncs_on_a_cpu(result: dict[str, Any]) -> None:
+    # Work on a CPU is synchronous: there is no host sync to count.
+    assert result["fit"]["syncs_per_step"] is None and result["fit"]["sync_sites"] is None
+    assert [line.split()[2:] for line in format_table(result).splitlines() if "host syncs" in line] == [["–", "(counted", "on", "CUDA", "only)"]]
+
+
+def test_the_host_profile_says_where_fit_s_host_time_goes(result: dict[str, Any]) -> None:
+    profile = result["fit"]["host_profile"]
+    assert result["settings"]["fit_host_profile"] == 2 and profile["steps"] == 2
+    assert profile["step_s"] > 0 and profile["calls_per_step"] > 100
+    for key in ("by_cumulative", "by_own"):
+        entries = profile[key]
+        assert 0 < len(entries) <= 15 and all(entry["ms_per_step"] > 0 and entry["calls_per_step"] > 0 for entry in entries)
+        assert [entry["ms_per_step"] for entry in entries] == sorted((entry["ms_per_step"] for entry in entries), reverse=True)
+        assert all(entry["ms_per_step"] <= 1e3 * profile["step_s"] * 1.05 for entry in entries)
+        assert all("_lsprof" not in entry["function"] for entry in entries)  # the profiler's own entries left out
+    assert any("kaleido/" in entry["function"] or "lightning/" in entry["function"] for entry in profile["by_cumulative"])
+    table = format_table(result)
+    assert "host profile (2 steps)" in table and profile["by_own"][0]["function"][:100] in table
+
+
+def test_a_sync_is_counted_at_the_line_outside_torch_that_made_it() -> None:
+    """The counting of torch's sync warnings, driven without a GPU: warnings raised here, one of them
+    through a function that lives in torch's folder, as ``.item()`` would."""
+    import warnings
+
+    from kaleido.benchmark.host import SYNC_WARNING, TORCH_DIR, SyncCounter, call_site
+
+    namespace: dict[str, Any] = {"warnings": warnings}
+    exec(compile(f"def item():\n    warnings.warn({SYNC_WARNING + ' (Triggered internally at x.cpp:1.)'!r})\n",
+                 TORCH_DIR + "fake_tensor.py", "exec"), namespace)
+    counter = SyncCounter()
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        counter.hook()
+        try:
+            for _ in range(3):
+                namespace["item"]()  # the site: this line
+            warnings.warn(SYNC_WARNING)  # the site: this line, no torch frame
+            warnings.warn("something else")  # not a sync: shown as before
+        finally:
+            counter.unhook()
+        warnings.warn(SYNC_WARNING)  # after unhook: shown, not counted
+    through, direct = sorted(counter.sites, key=lambda site: -counter.sites[site])
+    assert counter.sites[through] == 3 and through.endswith(" (via torch/fake_tensor.py:2 item)")
+    assert counter.sites[direct] == 1 and "via" not in direct and direct.split(" ")[0] != through.split(" ")[0]
+    for site in (through, direct):
+        assert site.split(":")[0].endswith("test_benchmark.py") and " test_a_sync_is_counted_at_the_line_outside_torch_that_made_it" in site
+    assert [str(w.message) for w in shown] == ["something else", SYNC_WARNING]
+    report = counter.report(steps=2)
+    assert report["syncs_per_step"] == 2.0 and report["sync_sites"][0]["count"] == 3 and report["sync_sites"][0]["per_step"] == 1.5
+    # The innermost frame outside torch, however deep the torch frames below it.
+    frames = [(TORCH_DIR + "_tensor.py", 40, "item"), (TORCH_DIR + "nn/modules/module.py", 9, "_call_impl"),
+              ("/somewhere/lightning/pytorch/loops/loop.py", 12, "advance"), ("/somewhere/main.py", 1, "main")]
+    assert call_site(frames) == "/somewhere/lightning/pytorch/loops/loop.py:12 advance (via torch/_tensor.py:40 item)"
+
+
+def test_the_sync_count_covers_each_timed_step_s_whole_cycle_once(config: Path) -> None:
+    """On CUDA the count runs from the end of the last warmup step (the timer's hook) to the end of the last
+    timed one: a sync in a step's body and one in its tail (hooks after the timer's, e.g. logging) count
+    once per step each. Driven on a CPU: the warnings raised by hand, the counter only catching them."""
+    import warnings
+
+    from lightning.pytorch import Callback, Trainer
+
+    from kaleido.benchmark.fit import StepTimer
+    from kaleido.benchmark.host import SYNC_WARNING, SyncCounter
+
+    class CatchOnly(SyncCounter):  # no CUDA: torch's debug mode left alone
+        def start(self) -> None:
+            self.hook()
+
+        def stop(self) -> None:
+            self.unhook()
+
+    class InTheBody(Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            warnings.warn(SYNC_WARNING)
+
+    model, data, _ = build(config, [])
+    model.on_train_batch_end = lambda *args: warnings.warn(SYNC_WARNING)  # type: ignore[method-assign]  # after the timer's hook
+    timer = StepTimer(warmup=1, steps=2, device="cpu")
+    timer.syncs = counter = CatchOnly()
+    trainer = Trainer(callbacks=[InTheBody(), timer], max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same warnings outside the counted steps
+        trainer.fit(model, datamodule=data)
+    timer.close()
+    assert timer.steps == 2 and sorted(counter.sites.values()) == [2, 2]
+    assert {site.split(" ")[1] for site in counter.sites} == {"on_train_batch_start", "<lambda>"}
+    assert counter.report(timer.steps)["syncs_per_step"] == 2.0
 
 
 @pytest.mark.parametrize(
@@ -155,6 +250,8 @@ def test_flops_match_an_independent_count_of_the_training_step(config: Path, res
         (["--device", "tpu"], "device 'tpu' is not"),
         (["--profile_steps", "-1"], "--profile_steps must be >= 0, got -1"),
         (["--fit_steps", "-2"], "--fit_steps must be >= 0, got -2"),
+        (["--fit_host_profile", "-1"], "--fit_host_profile must be >= 0, got -1"),
+        (["--fit_host_profile", "2"], "--fit_host_profile profiles steps after --fit_steps timed ones: give --fit_steps too"),
         (["--overrides", "[model.init_args.compile]"], "--overrides: 'model.init_args.compile' is not key=value"),
     ],
 )
@@ -188,7 +285,30 @@ def test_fit_trains_a_model_the_sampling_measures_left_in_eval_mode(config: Path
     modes = Modes()
     measure_fit(lambda **kw: Trainer(callbacks=[modes], logger=False, enable_progress_bar=False, enable_model_summary=False,
                                      enable_checkpointing=False, **kw), model, data, 2, 1, "cpu", "32")
-    assert modes.seen == [True, True, True]
+    assert modes.seen == [True, True, True, True]  # the warmup step, the two timed ones, fit's last (untimed) step
+
+
+def test_fit_s_last_step_which_writes_last_ckpt_is_outside_the_measured_steps(config: Path) -> None:
+    """kaleido's ModelCheckpoint (save_last) writes last.ckpt at fit's last step: a once-a-run cost (seconds
+    for a large model) that the timed and profiled steps must not carry."""
+    from lightning.pytorch import Callback, Trainer
+
+    from kaleido.benchmark.fit import StepTimer, measure_fit
+    from kaleido.callbacks import ModelCheckpoint
+
+    class AtTheLastStep(Callback):  # before the timer in the list: its hooks of a step run first
+        seen: list[tuple[int, int, int]] = []
+
+        def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any) -> None:
+            if trainer.global_step == trainer.max_steps:
+                timer = next(c for c in trainer.callbacks if isinstance(c, StepTimer))
+                self.seen.append((trainer.global_step, timer.steps, timer.profiled))
+
+    model, data, _ = build(config, [])
+    last = AtTheLastStep()
+    measure_fit(lambda **kw: Trainer(callbacks=[ModelCheckpoint(save_last=True), last], logger=False, enable_progress_bar=False,
+                                     enable_model_summary=False, **kw), model, data, 2, 1, "cpu", "32", host_profile_steps=1)
+    assert last.seen == [(5, 2, 1)]  # 1 warmup + 2 timed + 1 profiled + the last: both windows closed before it
 
 
 def test_a_missing_config_is_one_line(tmp_path: Path) -> None:

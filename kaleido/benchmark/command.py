@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 
 from kaleido.__about__ import __version__
 from kaleido.benchmark.fit import measure_fit
+from kaleido.benchmark.host import format_host
 from kaleido.benchmark.peaks import matmul_tflops, peak
 from kaleido.benchmark.profile import format_profile
 from kaleido.benchmark.sampling import measure_sampling
@@ -93,6 +94,7 @@ def benchmark(
     cfg_scale: float | None = None,
     profile_steps: int = 0,
     fit_steps: int = 0,
+    fit_host_profile: int = 0,
     overrides: list[str] | None = None,
     output: Path = Path("benchmark.json"),
 ) -> dict[str, Any]:
@@ -119,16 +121,22 @@ def benchmark(
             kind of kernel and the longest kernels (0: none).
         fit_steps: that many steps of Lightning's ``Trainer.fit`` on the same model and data (the config's callbacks,
             logger and progress bar; no validation), timed after ``warmup`` more: what the loop around the step costs (0: none).
+            On CUDA the timed steps also count the host syncs (``.item()`` and the like) by call site.
+        fit_host_profile: that many more ``Trainer.fit`` steps after the timed ones under ``cProfile``: where the
+            host's time goes, the top functions in ms per step (0: none; needs ``fit_steps``).
         overrides: changes to the config as ``key=value``, each what ``fit --key value`` would set, e.g.
             ``model.init_args.unet.channels_last=true``: a variant measured without writing a config.
         output: the JSON written.
     """
     for name, value, least in (("steps", steps, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("sample_steps", sample_steps, 2),
-                               ("profile_steps", profile_steps, 0), ("fit_steps", fit_steps, 0)):
+                               ("profile_steps", profile_steps, 0), ("fit_steps", fit_steps, 0),
+                               ("fit_host_profile", fit_host_profile, 0)):
         if value is not None and value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
     if peak_tflops is not None and not peak_tflops > 0:
         raise ValueError(f"--peak_tflops must be > 0, got {peak_tflops}")
+    if fit_host_profile and not fit_steps:
+        raise ValueError("--fit_host_profile profiles steps after --fit_steps timed ones: give --fit_steps too")
     device = resolve_device(device)
     arguments = config_arguments(overrides or [])
     arguments += [] if batch_size is None else ["--data.init_args.batch_size", str(batch_size)]
@@ -174,7 +182,7 @@ def benchmark(
         "settings": {
             "config": str(config), "steps": steps, "warmup": warmup, "batch_size": batch_size, "compile": compiling,
             "precision": precision, "device": device, "sample_steps": sample_steps, "cfg_scale": cfg_scale, "profile_steps": profile_steps,
-            "fit_steps": fit_steps, "overrides": overrides or [],
+            "fit_steps": fit_steps, "fit_host_profile": fit_host_profile, "overrides": overrides or [],
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
             "matmul_tflops": measured_peak,
@@ -189,7 +197,7 @@ def benchmark(
         "sampling": sampling,
     }
     if fit_steps:
-        fit = measure_fit(lambda **kw: KaleidoCLI.instantiate_trainer(cli, **kw), model, data, fit_steps, warmup, device, precision)
+        fit = measure_fit(lambda **kw: KaleidoCLI.instantiate_trainer(cli, **kw), model, data, fit_steps, warmup, device, precision, fit_host_profile)
         result["fit"] = {**fit, "images_per_s": batch_size / fit["step_s"], "over_training_step": fit["step_s"] / result["training"]["step_s"]}
     print(format_table(result))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +247,7 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("Trainer.fit step", f"{fit['step_s'] * 1e3:.1f} ms   {fit['images_per_s']:.1f} images/s   "
                                          f"fit / training step {fit['over_training_step']:.2f}  ({fit['steps']} steps)"))
         rows.append(("  between steps", f"{fit['between_steps_s'] * 1e3:.1f} ms  (the next batch from the loader, its copy to the device, the loop)"))
+        rows += format_host(fit)
     if sampling.get("profile"):
         rows += format_profile(sampling["profile"], "sampling profile")
     for name, m in sampling["samplers"].items():
