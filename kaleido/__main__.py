@@ -30,8 +30,10 @@ DEBUG_ENV = "KALEIDO_DEBUG"  # =1, or --debug on any command: a failure shows it
 def _bad_input() -> tuple[type[BaseException], ...]:
     """What a wrong input raises (said in one line, ``error: ...``); anything else is a bug (a traceback)."""
     from kaleido.callbacks import NonFiniteError
+    from kaleido.compiler_check import CompilerUnavailable
 
-    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError, pickle.UnpicklingError, argparse.ArgumentError)
+    return (ValueError, TypeError, KeyError, FileNotFoundError, NonFiniteError, CompilerUnavailable, pickle.UnpicklingError,
+            argparse.ArgumentError)
 
 
 def _argument_line(error: argparse.ArgumentError) -> str | None:
@@ -50,7 +52,10 @@ def _fail(error: Exception) -> NoReturn:
         raise error
     if isinstance(error, argparse.ArgumentError) and (line := _argument_line(error)):  # its causes lose the option's name
         raise SystemExit(f"error: {line}") from None
-    while isinstance(error.__cause__, _bad_input()):  # e.g. a config's class failing inside jsonargparse's wrapper
+    from kaleido.compiler_check import CompilerUnavailable
+
+    # e.g. a config's class failing inside jsonargparse's wrapper; a CompilerUnavailable already quotes its cause
+    while isinstance(error.__cause__, _bad_input()) and not isinstance(error, CompilerUnavailable):
         error = error.__cause__  # type: ignore[assignment]
     words = error.args[0] if isinstance(error, KeyError) and error.args else error  # a KeyError's str() is quoted
     if isinstance(error, pickle.UnpicklingError):  # Lightning's resume read a checkpoint that weights_only refused

@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kaleido.checkpoint_io import check_checkpoint_file
+from kaleido.compiler_check import check_compiler
 from kaleido.progress import use_kaleido_progress_bar
 from kaleido.resume import resolve_resume
 
@@ -44,10 +45,12 @@ class KaleidoCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """``--ckpt_path last`` (or a checkpoint of one of this logger's runs) resumes that run in its own
-        ``version_N`` (:mod:`kaleido.resume`); a compiled model gets batches of one shape."""
+        ``version_N`` (:mod:`kaleido.resume`); a compiled model gets batches of one shape, and a machine
+        where it cannot compile says so now, in one line (:mod:`kaleido.compiler_check`)."""
         config = self.config_init[self.subcommand]
         config["ckpt_path"] = resolve_resume(self.trainer, config.get("ckpt_path"))
         pad_for_compile(self.model, self.datamodule)
+        check_compiler_before_fit(self.model, self.trainer)
 
     def before_validate(self) -> None:
         """A truncated or foreign ``--ckpt_path`` file fails in one line, before Lightning reads it."""
@@ -74,6 +77,15 @@ def refuse_repeated_state(callbacks: list[Any]) -> None:
                 "(a config that already lists it needs no --trainer.callbacks+=)"
             )
         seen[key] = callback
+
+
+def check_compiler_before_fit(model: LightningModule, trainer: Trainer) -> None:
+    """:func:`~kaleido.compiler_check.check_compiler` on the run's device when the model compiles; not under
+    a launcher that forks (``ddp_fork``, ``ddp_notebook``): CUDA must not start before the fork."""
+    compile = getattr(model, "compile_training", False)
+    if not compile or getattr(getattr(trainer.strategy, "launcher", None), "_start_method", None) == "fork":
+        return
+    check_compiler(compile, trainer.strategy.root_device)
 
 
 def pad_for_compile(model: LightningModule, data: LightningDataModule) -> None:

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -154,3 +155,34 @@ def test_a_second_ema_is_one_line_not_lightning_s_traceback(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match=r"^error: trainer.callbacks holds kaleido.callbacks.EMA twice .*needs no --trainer.callbacks\+=\)$"):
         main(["fit", "--config", str(config), "--trainer.callbacks+=kaleido.callbacks.EMA", "--trainer.max_steps", "1",
               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_a_machine_that_cannot_compile_fails_before_fit_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaleido.compiler_check import CompilerUnavailable, check_compiler
+
+    modes: list[str | None] = []
+
+    def working(fn: Any, mode: str | None = None, **kwargs: Any) -> Any:
+        modes.append(mode)
+        return fn
+
+    def broken(fn: Any, mode: str | None = None, **kwargs: Any) -> Any:
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.\n(inductor internals ...)")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    check_compiler(False, torch.device("cpu"))  # eager: nothing compiled, nothing to check
+    with pytest.raises(CompilerUnavailable, match=r"compile is 'reduce-overhead', but torch.compile fails .*cpu \(RuntimeError: "
+                                                  r"Failed to find C compiler. Please specify via CC environment variable.\); "
+                                                  r"train eager with --model.init_args.compile false"):
+        check_compiler("reduce-overhead", torch.device("cpu"))
+    monkeypatch.setattr(torch, "compile", working)
+    check_compiler(True, torch.device("cpu"))
+    check_compiler("reduce-overhead", torch.device("cpu"))
+    assert modes == ["default", "reduce-overhead"]  # the probe compiles in the run's own mode
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config = ROOT / "tests" / "configs" / "tiny_kaleido.yaml"
+    with pytest.raises(SystemExit, match=r"^error: model.init_args.compile is True, but torch.compile fails on this machine's cpu "
+                                         r"\(RuntimeError: Failed to find C compiler[^\n]*docs/performance.md$"):
+        main(["fit", "--config", str(config), "--model.init_args.compile", "true", "--trainer.max_steps", "1",
+              "--trainer.default_root_dir", str(tmp_path)])
