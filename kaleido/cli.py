@@ -86,6 +86,8 @@ def check_compiler_before_fit(model: LightningModule, trainer: Trainer) -> None:
     if not compile or getattr(getattr(trainer.strategy, "launcher", None), "_start_method", None) == "fork":
         return
     check_compiler(compile, trainer.strategy.root_device)
+    print(f"note: model.compile is {compile!r}: the first training step compiles the networks, 1-4 minutes on a cold "
+          "cache (later runs read it from torch's cache); --model.init_args.compile false trains eager")
 
 
 def pad_for_compile(model: LightningModule, data: LightningDataModule) -> None:

@@ -157,8 +157,14 @@ def test_a_second_ema_is_one_line_not_lightning_s_traceback(tmp_path: Path) -> N
               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)])
 
 
-def test_a_machine_that_cannot_compile_fails_before_fit_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_machine_that_cannot_compile_fails_before_fit_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning.pytorch import Trainer
+
+    from kaleido.cli import check_compiler_before_fit
     from kaleido.compiler_check import CompilerUnavailable, check_compiler
+    from tests.conftest import tiny_datamodule, tiny_model_kwargs
 
     modes: list[str | None] = []
 
@@ -179,6 +185,9 @@ def test_a_machine_that_cannot_compile_fails_before_fit_in_one_line(tmp_path: Pa
     check_compiler(True, torch.device("cpu"))
     check_compiler("reduce-overhead", torch.device("cpu"))
     assert modes == ["default", "reduce-overhead"]  # the probe compiles in the run's own mode
+    compiled = kaleido.Kaleido(tokenizer=tiny_datamodule().tokenizer, **tiny_model_kwargs(), compile="reduce-overhead")
+    check_compiler_before_fit(compiled, Trainer(accelerator="cpu", logger=False, enable_checkpointing=False))
+    assert "note: model.compile is 'reduce-overhead': the first training step compiles" in capsys.readouterr().out
 
     monkeypatch.setattr(torch, "compile", broken)
     config = ROOT / "tests" / "configs" / "tiny_kaleido.yaml"
