@@ -337,3 +337,20 @@ def test_the_table_script_renders_measured_and_failed_runs(result: dict[str, Any
     cells = [cell.strip() for cell in eager.strip("|").split("|")]
     assert cells[6] == cells[7] == "–"  # MFU, and MFU of the measured matmul: none on a CPU
     assert (tmp_path / "table.md").read_text().startswith("| config | mode |")
+
+
+def test_a_run_cut_short_in_fit_keeps_the_step_and_sampling_figures(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--fit_steps`` adds minutes at the end (a fresh Trainer, its workers, compiling again): the JSON
+    holds everything measured before it, so a run stopped there (a lease's end, a crash) loses only fit."""
+    import kaleido.benchmark.command as command
+
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt  # ^C in the middle of fit (a timeout's SIGTERM ends it there too, before the last write)
+
+    monkeypatch.setattr(command, "measure_fit", interrupted)
+    output = config.parent / "cut" / "benchmark.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["benchmark", "--config", str(config), "--steps", "1", "--warmup", "0", "--sample_steps", "2", "--fit_steps", "2",
+              "--output", str(output)])
+    written = json.loads(output.read_text())
+    assert written["training"]["step_s"] > 0 and written["sampling"]["raw_forward_s"] > 0 and "fit" not in written

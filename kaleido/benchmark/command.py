@@ -196,11 +196,12 @@ def benchmark(
         **rates(training, flops, denoiser_only, batch_size, peak_value, compiling, measured_peak),
         "sampling": sampling,
     }
-    if fit_steps:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if fit_steps:  # the step and sampling figures are on disk before fit's minutes: a run cut short keeps them
+        output.write_text(json.dumps(result, indent=2) + "\n")
         fit = measure_fit(lambda **kw: KaleidoCLI.instantiate_trainer(cli, **kw), model, data, fit_steps, warmup, device, precision, fit_host_profile)
         result["fit"] = {**fit, "images_per_s": batch_size / fit["step_s"], "over_training_step": fit["step_s"] / result["training"]["step_s"]}
     print(format_table(result))
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {output}")
     return result
