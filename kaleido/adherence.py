@@ -53,7 +53,7 @@ def adherence(
         ckpt_path: a Kaleido checkpoint.
         num_samples: images to draw (the conditions are cycled to this many).
         cfg_scale: the guidance scale γ.
-        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m".
+        sampler: "ddpm" (ancestral, the paper's), "ddim", "dpmpp_2m_sde" or "dpmpp_2m".
         num_steps: sampler steps.
         guider: the guider (default: the model's ``sampling.guider``, plain CFG): a name or
             ``{"class_path": ..., "init_args": {...}}`` (docs/sampling.md).

@@ -203,7 +203,8 @@ def evaluate(
             by its latent types (``kaleido-text``, ``kaleido-text-box-visual_token``).
         cfg_scales: guidance scales γ.
         num_samples: images per model and scale.
-        sampler: "ddpm" (ancestral, the paper's), "ddim" or "dpmpp_2m" (DPM-Solver++(2M)).
+        sampler: "ddpm" (ancestral, the paper's), "ddim", "dpmpp_2m_sde" (SDE-DPM-Solver++(2M), the fast
+            choice at ~25 steps) or "dpmpp_2m" (its ODE form) (docs/sampling.md).
         steps: sampler steps (the paper: DDPM 250).
         guiders: the guiders to sweep, each a name (``cfg``, ``interval``, ``apg``, ``cads``) or
             ``{"class_path": ..., "init_args": {...}}`` (docs/sampling.md); default plain CFG alone.

@@ -186,7 +186,7 @@ def test_evaluate_bad_input_says_what(
 
 
 def test_unknown_sampler_is_refused_by_the_parser() -> None:
-    with pytest.raises(SystemExit, match=r"^error: --sampler: 'euler' is not accepted; expected one of 'ddpm', 'ddim', 'dpmpp_2m'$"):
+    with pytest.raises(SystemExit, match=r"^error: --sampler: 'euler' is not accepted; expected one of 'ddpm', 'ddim', 'dpmpp_2m', 'dpmpp_2m_sde'$"):
         main(["evaluate", "--ckpt_path", "x.ckpt", "--sampler", "euler"])
 
 

@@ -290,6 +290,9 @@ def test_every_guider_samples_seeded_and_differs_where_it_should(models) -> None
     assert not torch.equal(images("cads", 1.0), images("cfg", 1.0))  # CADS acts without guidance too
     assert torch.equal(images("apg", 1.0), images("cfg", 1.0))  # at γ = 1 the others are the conditional model
     assert torch.isfinite(images("cads", 4.0, "dpmpp_2m")).all()
+    sde = images("cads", 4.0, "dpmpp_2m_sde")  # the SDE's step noise comes from the seeded generator too
+    assert torch.isfinite(sde).all() and torch.equal(sde, images("cads", 4.0, "dpmpp_2m_sde"))
+    assert not torch.equal(sde, images("cads", 4.0, "dpmpp_2m"))
 
 
 def test_the_models_sampling_guider_is_the_default(text_data) -> None:  # type: ignore[no-untyped-def]

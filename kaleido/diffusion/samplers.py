@@ -24,7 +24,7 @@ from kaleido.diffusion.schedule import PREDICTIONS, CosineSchedule, Prediction, 
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 """(x_t [B, C, H, W], t [B] long original timestep index in 0..T-1) -> model output."""
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"]
 
 
 def respaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
@@ -48,7 +48,7 @@ class Sampler(ABC):
         self.num_steps = num_steps
         self.prediction = prediction
         self.clip_x0 = clip_x0
-        steps = self.grid(schedule.num_timesteps, num_steps)
+        steps = self.grid(schedule, num_steps)
         self.timesteps = torch.tensor(steps, dtype=torch.long)  # decreasing: T-1 ... 0
         self._steps = steps
         abar = schedule.alphas_cumprod.detach().cpu().double()[self.timesteps].tolist()
@@ -56,9 +56,9 @@ class Sampler(ABC):
         self.abar: list[float] = abar
         self.abar_prev: list[float] = abar[1:] + [1.0]
 
-    def grid(self, num_timesteps: int, num_steps: int) -> list[int]:
+    def grid(self, schedule: CosineSchedule, num_steps: int) -> list[int]:
         """The timesteps the network is called at, from T-1 down (default: down to 0, `respaced_timesteps`)."""
-        return respaced_timesteps(num_timesteps, num_steps)
+        return respaced_timesteps(schedule.num_timesteps, num_steps)
 
     def predict(self, denoise: DenoiseFn, x: Tensor, i: int) -> tuple[Tensor, Tensor]:
         """(x0, ε) estimates at loop position i, with x0 optionally clipped to [-1, 1] and ε made consistent."""
@@ -162,6 +162,25 @@ class DDIMSampler(Sampler):
         return super().__repr__()[:-1] + f", eta={self.eta})"
 
 
+def quadratic_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
+    """`num_steps` timesteps from T-1 down to 0, spaced quadratically in t: t_k = (T−1)(k/(K−1))², rounded,
+    then nudged apart where rounding would repeat one (DDIM's spacing for CIFAR-10: dense near the data)."""
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must be in 1..{num_timesteps}, got {num_steps}")
+    if num_steps == 1:
+        return [num_timesteps - 1]
+    steps = [round((num_timesteps - 1) * (k / (num_steps - 1)) ** 2) for k in range(num_steps)]  # rising from 0
+    for k in range(1, num_steps):
+        steps[k] = max(steps[k], steps[k - 1] + 1)
+    steps[-1] = num_timesteps - 1
+    for k in reversed(range(num_steps - 1)):  # the nudges may have pushed the top past T-1
+        steps[k] = min(steps[k], steps[k + 1] - 1)
+    return steps[::-1]
+
+
+Spacing = Literal["quadratic", "time"]
+
+
 class DPMSolverPP2MSampler(Sampler):
     """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Alg. 2): the probability-flow ODE solved in
     its data-prediction form, second order from the x0 estimates of the last two steps. With
@@ -173,38 +192,49 @@ class DPMSolverPP2MSampler(Sampler):
 
     D_i = x0_i + (x0_i − x0_{i−1}) / (2 r_i) is the reference code's "midpoint" form
     (`multistep_dpm_solver_second_order_update` in LuChengTHU/dpm-solver and in diffusers'
-    `DPMSolverMultistepScheduler`, algorithm "dpmsolver++").
+    `DPMSolverMultistepScheduler`, algorithm "dpmsolver++"). The last step, from the last timestep to
+    clean data (σ = 0, λ = ∞), is first order: it returns that timestep's x0.
 
-    The network is called at K timesteps spread evenly from T-1 towards 0 as if there were K + 1, the
-    last of them dropped (t ≈ T/K): the last step goes from there to clean data (σ = 0, λ = ∞) in one
-    first-order update, which is x0 itself (diffusers' `final_sigmas_type="zero"`). Stepping into t = 0
-    first, as DDPM and DDIM do, would make the second-order step before it extrapolate over a λ-step
-    five times its predecessor (error 0.15 against 0.006 at K = 20 on Gaussian data). x0 is clipped as
-    in the other samplers (`clip_x0`), which the data-prediction form tolerates. Deterministic given the noise; the generator is not used.
+    Where the K network calls fall (`spacing`):
+    - ``"quadratic"`` (default): quadratically in t from T−1 down to t = 0 (`quadratic_timesteps`), so
+      the steps are dense where the noise is faint, r stays within 0.8–1.7 after the first step (K = 25),
+      and the last call, like DDPM's, is at t = 0 (σ = 0.012), whose x0 is returned. Even steps in λ,
+      the DPM-Solver paper's other choice for small images, spend ten of 25 steps on t ≥ 990 of
+      the cosine schedule, whose λ plunges over its last steps.
+    - ``"time"``: evenly in t as if there were K + 1 calls, the last dropped (t ≈ T/K), and one jump
+      from there to σ = 0 (diffusers' default: `timestep_spacing="linspace"`, `final_sigmas_type="zero"`).
+      On shapes at 25 steps the last call is then at σ = 0.075, whose one-shot x0 keeps a visible grain
+      of noise in flat regions: FID 62.6 against DDPM 250's 14.1 (docs/results.md, issue 19).
+    x0 is clipped as in the other samplers (`clip_x0`), which the data-prediction form tolerates.
+    Deterministic given the noise; the generator is not used.
     """
 
     def __init__(
         self,
         schedule: CosineSchedule,
-        num_steps: int = 20,
+        num_steps: int = 25,
         prediction: Prediction = "v",
         clip_x0: bool = True,
+        spacing: Spacing = "quadratic",
     ) -> None:
+        if spacing not in ("quadratic", "time"):
+            raise ValueError(f"spacing must be 'quadratic' or 'time', got {spacing!r}")
+        self.spacing = spacing
         super().__init__(schedule, num_steps, prediction, clip_x0)
         self.lam: list[float] = [0.5 * math.log(a / (1 - a)) for a in self.abar]  # λ_i; λ of clean data is ∞
         self._previous: tuple[Tensor, float] | None = None  # (x0, h) of the last step
 
-    def grid(self, num_timesteps: int, num_steps: int) -> list[int]:
-        return respaced_timesteps(num_timesteps, min(num_steps + 1, num_timesteps))[:num_steps]
+    def grid(self, schedule: CosineSchedule, num_steps: int) -> list[int]:
+        if self.spacing == "quadratic":
+            return quadratic_timesteps(schedule.num_timesteps, num_steps)
+        return respaced_timesteps(schedule.num_timesteps, min(num_steps + 1, schedule.num_timesteps))[:num_steps]
 
     def start(self) -> None:
         self._previous = None
 
-    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        if i == self.num_steps - 1:  # to σ = 0: the first-order update is x0
-            return x0
+    def data_estimate(self, x0: Tensor, i: int) -> tuple[Tensor, float, float, float, float]:
+        """(D_i, h_i, α_{i+1}, σ_{i+1}, σ_i): the multistep estimate of the data and the step's coefficients."""
         abar_next = self.abar_prev[i]
-        alpha_next, sigma_next, sigma = math.sqrt(abar_next), math.sqrt(1 - abar_next), math.sqrt(1 - self.abar[i])
         h = self.lam[i + 1] - self.lam[i]
         d = x0
         if self._previous is not None:
@@ -212,10 +242,42 @@ class DPMSolverPP2MSampler(Sampler):
             half_inv_r = h / (2 * h_previous)  # 1 / (2 r_i)
             d = (1 + half_inv_r) * x0 - half_inv_r * previous
         self._previous = (x0, h)
+        return d, h, math.sqrt(abar_next), math.sqrt(1 - abar_next), math.sqrt(1 - self.abar[i])
+
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        if i == self.num_steps - 1:  # to σ = 0: the first-order update is x0
+            return x0
+        d, h, alpha_next, sigma_next, sigma = self.data_estimate(x0, i)
         return (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
 
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", spacing={self.spacing!r})"
 
-SAMPLERS: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmpp_2m": DPMSolverPP2MSampler}
+
+class DPMSolverPP2MSDESampler(DPMSolverPP2MSampler):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, App. B; diffusers' "sde-dpmsolver++"): the
+    same multistep data estimate D_i, on the reverse SDE, which puts fresh noise back at every step:
+
+        x_{i+1} = (σ_{i+1} / σ_i) e^{−h_i} x_i + α_{i+1} (1 − e^{−2h_i}) D_i + σ_{i+1} sqrt(1 − e^{−2h_i}) z
+
+    Its first-order step (D_i = x0_i) is exactly DDPM's ancestral step between the same two timesteps
+    (the posterior mean and variance β̃). Fresh noise corrects what the network's errors leave in x,
+    which an ODE solver carries to the end: on shapes, DPM++(2M) at 25 steps draws grainy images with a
+    quarter of DDPM 250's precision (docs/results.md, issue 19). Random given the generator.
+    """
+
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        if i == self.num_steps - 1:
+            return x0
+        d, h, alpha_next, sigma_next, sigma = self.data_estimate(x0, i)
+        kept = -math.expm1(-2 * h)  # 1 − e^{−2h}
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (sigma_next / sigma) * math.exp(-h) * x + alpha_next * kept * d + sigma_next * math.sqrt(kept) * z
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmpp_2m": DPMSolverPP2MSampler, "dpmpp_2m_sde": DPMSolverPP2MSDESampler,
+}
 
 
 def build_sampler(name: SamplerName, schedule: CosineSchedule, num_steps: int, **kwargs: object) -> Sampler:
