@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from kaleido.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverPP2MSampler, DPMSolverPP2MSDESampler, build_sampler, quadratic_timesteps
+from kaleido.diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverPP2MSampler,
+    DPMSolverPP2MSDESampler,
+    build_sampler,
+    quadratic_timesteps,
+)
 from kaleido.diffusion.schedule import CosineSchedule
 from tests.test_diffusion_math import as_output, gaussian_denoiser
 
