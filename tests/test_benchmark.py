@@ -354,3 +354,24 @@ def test_a_run_cut_short_in_fit_keeps_the_step_and_sampling_figures(config: Path
               "--output", str(output)])
     written = json.loads(output.read_text())
     assert written["training"]["step_s"] > 0 and written["sampling"]["raw_forward_s"] > 0 and "fit" not in written
+
+
+def test_sampling_precision_script_measures_bf16_against_float32(text_data) -> None:  # type: ignore[no-untyped-def]
+    """benchmarks/sampling_precision.py: a row per (t, γ); bf16 moves x0, float32 does not move itself, and
+    the float32 last layer is put back after each measure."""
+    import kaleido
+    from tests.conftest import tiny_model_kwargs
+
+    spec = importlib.util.spec_from_file_location("sampling_precision", ROOT / "benchmarks" / "sampling_precision.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **tiny_model_kwargs()).eval()
+    torch.nn.init.normal_(model.denoiser.out[-1].weight, std=0.1)  # zero-initialised: its output would be exactly 0
+    last = model.denoiser.out[-1]
+    rows = script.measure(model, ["a circle", "a square"], [500, 20], [1.0, 4.0])
+    assert [(r["t"], r["cfg_scale"]) for r in rows] == [(500, 1.0), (500, 4.0), (20, 1.0), (20, 4.0)]
+    assert all(r["bf16"] > 0 and r["bf16_last_layer_fp32"] >= 0 and r["model_error"] > 0 for r in rows), rows
+    assert model.denoiser.out[-1] is last
+    assert script.rms(torch.ones(3), torch.ones(3)) == 0.0
