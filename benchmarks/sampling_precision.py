@@ -60,14 +60,14 @@ def measure(
 ) -> list[dict[str, float]]:
     """One row per (t, γ): RMS of x0 under bf16 and under bf16 with a float32 last layer, each against
     float32, and of float32's x0 against the clean sample (the model's own error, for scale)."""
+    net, schedule, prediction = model.denoiser, model.schedule, model.diffusion_settings.prediction
+    head = getattr(net, "out", None)
+    if not isinstance(head, nn.Sequential):  # said before any sampling
+        raise ValueError(f"{type(net).__name__} has no `out` head (nn.Sequential) whose last layer could run in float32")
     device = model.device
     with torch.no_grad():
         cond, _ = model.sampling_conditioning(conditions, None, seed)  # Kaleido draws z here
         x0 = model.sample_images(cond, 3.0, "dpmpp_2m_sde", 25, torch.Generator(device).manual_seed(seed))
-    net, schedule, prediction = model.denoiser, model.schedule, model.diffusion_settings.prediction
-    head = getattr(net, "out", None)
-    if not isinstance(head, nn.Sequential):
-        raise ValueError(f"{type(net).__name__} has no `out` head (nn.Sequential) whose last layer could run in float32")
     generator = torch.Generator(device).manual_seed(seed)
 
     def x0_estimate(x_t: Tensor, t: Tensor, scale: float, bf16: bool) -> Tensor:

@@ -232,8 +232,9 @@ class DPMSolverPP2MSampler(Sampler):
     def start(self) -> None:
         self._previous = None
 
-    def data_estimate(self, x0: Tensor, i: int) -> tuple[Tensor, float, float, float, float]:
-        """(D_i, h_i, α_{i+1}, σ_{i+1}, σ_i): the multistep estimate of the data and the step's coefficients."""
+    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
+        if i == self.num_steps - 1:  # to σ = 0: the first-order update is x0
+            return x0
         abar_next = self.abar_prev[i]
         h = self.lam[i + 1] - self.lam[i]
         d = x0
@@ -242,13 +243,14 @@ class DPMSolverPP2MSampler(Sampler):
             half_inv_r = h / (2 * h_previous)  # 1 / (2 r_i)
             d = (1 + half_inv_r) * x0 - half_inv_r * previous
         self._previous = (x0, h)
-        return d, h, math.sqrt(abar_next), math.sqrt(1 - abar_next), math.sqrt(1 - self.abar[i])
+        sigma_ratio = math.sqrt((1 - abar_next) / (1 - self.abar[i]))  # σ_{i+1} / σ_i
+        return self.update(x, d, h, math.sqrt(abar_next), sigma_ratio, generator)
 
-    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        if i == self.num_steps - 1:  # to σ = 0: the first-order update is x0
-            return x0
-        d, h, alpha_next, sigma_next, sigma = self.data_estimate(x0, i)
-        return (sigma_next / sigma) * x - alpha_next * math.expm1(-h) * d
+    def update(
+        self, x: Tensor, d: Tensor, h: float, alpha_next: float, sigma_ratio: float, generator: torch.Generator | None
+    ) -> Tensor:
+        """x_{i+1} from x_i and the data estimate D_i: the probability-flow ODE's exact step for constant D."""
+        return sigma_ratio * x - alpha_next * math.expm1(-h) * d
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", spacing={self.spacing!r})"
@@ -267,13 +269,13 @@ class DPMSolverPP2MSDESampler(DPMSolverPP2MSampler):
     "DPM-Solver++ on shapes"). Random given the generator.
     """
 
-    def step(self, x: Tensor, x0: Tensor, eps: Tensor, i: int, generator: torch.Generator | None) -> Tensor:
-        if i == self.num_steps - 1:
-            return x0
-        d, h, alpha_next, sigma_next, sigma = self.data_estimate(x0, i)
+    def update(
+        self, x: Tensor, d: Tensor, h: float, alpha_next: float, sigma_ratio: float, generator: torch.Generator | None
+    ) -> Tensor:
         kept = -math.expm1(-2 * h)  # 1 − e^{−2h}
+        sigma_next = math.sqrt(1 - alpha_next**2)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (sigma_next / sigma) * math.exp(-h) * x + alpha_next * kept * d + sigma_next * math.sqrt(kept) * z
+        return sigma_ratio * math.exp(-h) * x + alpha_next * kept * d + sigma_next * math.sqrt(kept) * z
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
