@@ -43,6 +43,20 @@ def test_schedule_keeps_float64_under_half_precision_cast(schedule: CosineSchedu
     assert "alphas_cumprod" not in cast.state_dict()  # derived from the constructor args, not checkpointed
 
 
+@pytest.mark.parametrize("shift", [0.5, 2.0, 4.0])
+def test_shifted_schedule_divides_the_snr_by_shift_squared(schedule: CosineSchedule, shift: float) -> None:
+    shifted = CosineSchedule(T, shift=shift)
+    t = torch.arange(T)
+    ratio = schedule.snr(t) / shifted.snr(t)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, shift**2), rtol=1e-5, atol=0)  # 1e-5: rounding of ᾱ ~ 1e-9 at the last step
+    assert (shifted.alphas_cumprod[1:] < shifted.alphas_cumprod[:-1]).all()
+    # A dtype cast rebuilds the table with its shift, not the plain cosine one.
+    assert torch.equal(shifted.to(torch.bfloat16).alphas_cumprod, shifted.alphas_cumprod)
+    assert torch.equal(CosineSchedule(T, shift=1.0).betas, schedule.betas)
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        CosineSchedule(T, shift=0.0)
+
+
 @pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
 def test_parameterisations_invert_exactly(schedule: CosineSchedule, prediction: str) -> None:
     g = torch.Generator().manual_seed(0)
@@ -164,6 +178,15 @@ def test_gaussian_data_recovered(schedule: CosineSchedule, name: str) -> None:
     x = sampler(gaussian_denoiser(schedule, mu, sd), noise, generator=g)
     assert abs(x.mean().item() - mu) < 0.02, x.mean().item()
     assert abs(x.std().item() - sd) < 0.03, x.std().item()
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_gaussian_data_recovered_under_a_shifted_schedule(name: str) -> None:
+    shifted = CosineSchedule(T, shift=2.0)
+    sampler = SAMPLERS[name](shifted, clip_x0=False)
+    g = torch.Generator().manual_seed(3)
+    x = sampler(gaussian_denoiser(shifted, -0.2, 0.4), torch.randn(20_000, 1, 1, 1, generator=g, dtype=torch.float64), generator=g)
+    assert abs(x.mean().item() + 0.2) < 0.02 and abs(x.std().item() - 0.4) < 0.03, (x.mean().item(), x.std().item())
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -7,6 +7,8 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 import kaleido
+from kaleido.checkpoint_io import from_dict
+from kaleido.diffusion.schedule import CosineSchedule
 from kaleido.latents import LatentParseError
 from kaleido.modules.base import ConditionalDiffusion
 from kaleido.modules.settings import DiffusionSettings, SamplingSettings
@@ -280,6 +282,21 @@ def test_prior_starts_from_local_pretrained_weights(text_data, tmp_path) -> None
     assert torch.equal(encoder.encoder.block[0].layer[0].SelfAttention.q.weight, source.encoder.block[0].layer[0].SelfAttention.q.weight)
     with pytest.raises(OSError):
         kaleido.Kaleido(tokenizer=tok, **{**kwargs, "t5": replace(TINY_T5, pretrained_model_name_or_path=str(tmp_path / "missing"))})
+
+
+def test_schedule_shift_reaches_the_model_and_its_checkpoint(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = kaleido.Kaleido(
+        tokenizer=text_data.tokenizer, diffusion=DiffusionSettings(schedule_shift=2.0), **tiny_model_kwargs()
+    )
+    t = torch.arange(0, 1000, 111)
+    torch.testing.assert_close(CosineSchedule(1000).snr(t) / model.schedule.snr(t), torch.full((len(t),), 4.0, dtype=torch.float64), rtol=1e-5, atol=0)
+    loaded = kaleido.load(_fit(model, text_data, tmp_path))
+    assert loaded.schedule.shift == 2.0 and torch.equal(loaded.schedule.alphas_cumprod, model.schedule.alphas_cumprod)
+    # Settings saved before the shift existed read as the plain cosine schedule.
+    assert from_dict(DiffusionSettings, {"num_timesteps": 1000, "prediction": "v"}).schedule_shift == 1.0
+    with pytest.raises(ValueError, match="schedule_shift must be > 0"):
+        DiffusionSettings(schedule_shift=-1.0)
 
 
 def test_min_snr_weighting_changes_the_loss_and_is_validated(text_data) -> None:  # type: ignore[no-untyped-def]

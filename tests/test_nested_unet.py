@@ -146,6 +146,26 @@ def _save_as_fit_does(model: kaleido.Kaleido, path: Path) -> Path:
     return path
 
 
+def test_a_shifted_model_schedule_leaves_the_inner_unet_on_its_own() -> None:
+    """With the model's SNR divided by r² (schedule_shift = the nest ratio) the pooled x_t has the plain
+    schedule's SNR at t: the inner UNet, trained on the plain table, runs at t' = t. With another shift,
+    t' is read off the inner table: SNR_inner(t') = r² SNR_model(t)."""
+    from kaleido.diffusion.schedule import CosineSchedule
+
+    r, t = 2, torch.tensor([0, 120, 500, 980])
+    net = nested(inner_input="matched")
+    pooled = torch.randn(4, 3, SIZE // r, SIZE // r)
+    net.bind_diffusion(CosineSchedule(1000, shift=r), "v")
+    torch.testing.assert_close(net.inner_view(pooled, t).t, t.float(), atol=1e-3, rtol=0)
+    model_schedule, plain = CosineSchedule(1000, shift=3.0), CosineSchedule(1000)
+    net.bind_diffusion(model_schedule, "v")
+    view = net.inner_view(pooled, t)
+    abar_inner = view.alpha_inner.flatten().double() ** 2
+    torch.testing.assert_close(abar_inner / (1 - abar_inner), r**2 * model_schedule.snr(t), rtol=1e-3, atol=0)  # float32 α at SNR ~ 1e4
+    lo, hi = plain.alphas_cumprod[view.t.floor().long()], plain.alphas_cumprod[view.t.ceil().long()]
+    assert bool(((hi - 1e-6 <= abar_inner) & (abar_inner <= lo + 1e-6)).all())  # t' on the plain table
+
+
 def test_the_inner_unet_starts_from_a_checkpoint_and_wrong_ones_fail_in_one_line(text_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(2)
     inner_model = kaleido.Kaleido(tokenizer=text_data.tokenizer, **{**tiny_model_kwargs(), "image_size": INNER})
@@ -185,6 +205,9 @@ def test_the_inner_unet_starts_from_a_checkpoint_and_wrong_ones_fail_in_one_line
         ({"inner_checkpoint": str(path), "inner": {**asdict(TINY_UNET), "base_channels": 8}}, cond_dim,
          "other settings than `inner`: base_channels 8 expected, 16 found"),
         ({"inner_checkpoint": str(path), "channel_mult": (1,)}, cond_dim, "was trained at 8²; this nested UNet's inner model runs at 16²"),
+        ({"inner_checkpoint": str(path), "inner_schedule_shift": 2.0}, cond_dim,
+         "trained with diffusion.schedule_shift 1; the nested UNet's inner_schedule_shift is 2: set it to 1"),
+        ({"inner_schedule_shift": 0.0}, cond_dim, "inner_schedule_shift must be > 0"),
         ({"inner_checkpoint": str(path)}, COND_DIM, r"cond_proj.weight has shape \[64, 32\], expected \[64, 24\] \(the conditioning width"),
     ]
     for overrides, width, message in cases:

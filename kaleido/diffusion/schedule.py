@@ -18,15 +18,28 @@ Prediction = Literal["v", "eps", "x0"]
 PREDICTIONS: tuple[str, ...] = ("v", "eps", "x0")
 
 
-def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
-    """β_t (float64, [T]) of the improved-DDPM cosine schedule.
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999, shift: float = 1.0) -> Tensor:
+    """β_t (float64, [T]) of the improved-DDPM cosine schedule, its SNR divided by ``shift²``.
 
     ᾱ(u) = cos²((u + s) / (1 + s) · π/2) on u ∈ [0, 1]; β_t = 1 − ᾱ((t+1)/T) / ᾱ(t/T), clipped at
     `max_beta` because the last step would otherwise be β = 1 (ᾱ_T = 0 exactly).
+
+    ``shift`` > 1 makes every step noisier: SNR'(t) = SNR(t) / shift², i.e. ᾱ' = ᾱ / (ᾱ + shift² (1 − ᾱ)).
+    Doubling an image's side averages noise over 4× the pixels per feature, so the same t hides less of
+    it; shift 2 at 64² gives the 32² schedule's SNR per 2×2 block (simple diffusion, Hoogeboom et al.
+    2023, §3.1; SD3's ``shift`` is the same map for flow matching).
     """
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
     u = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    if shift == 1.0:
+        return betas
+    abar = torch.cumprod(1 - betas, dim=0)
+    shifted = abar / (abar + shift**2 * (1 - abar))
+    previous = torch.cat([shifted.new_ones(1), shifted[:-1]])
+    return (1 - shifted / previous).clamp(max=max_beta)
 
 
 def output_to_x0_eps(
@@ -65,14 +78,17 @@ class CosineSchedule(nn.Module):
     Methods return coefficients in the dtype of the data they are applied to.
     """
 
-    def __init__(self, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> None:
+    def __init__(
+        self, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999, shift: float = 1.0
+    ) -> None:
         super().__init__()
         if num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
         self.num_timesteps = num_timesteps
         self.s = s
         self.max_beta = max_beta
-        betas = cosine_betas(num_timesteps, s, max_beta)
+        self.shift = shift
+        betas = cosine_betas(num_timesteps, s, max_beta, shift)
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, dim=0), persistent=False)
 
@@ -83,7 +99,7 @@ class CosineSchedule(nn.Module):
         # Follow device moves but undo dtype casts: recompute the exact float64 values on the new device.
         super()._apply(fn, recurse)
         device = self.betas.device
-        betas = cosine_betas(self.num_timesteps, self.s, self.max_beta).to(device)
+        betas = cosine_betas(self.num_timesteps, self.s, self.max_beta, self.shift).to(device)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         return self
@@ -156,4 +172,4 @@ class CosineSchedule(nn.Module):
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
     def extra_repr(self) -> str:
-        return f"num_timesteps={self.num_timesteps}, s={self.s}, max_beta={self.max_beta}"
+        return f"num_timesteps={self.num_timesteps}, s={self.s}, max_beta={self.max_beta}, shift={self.shift}"

@@ -107,7 +107,9 @@ class ConditionalDiffusion(GradientClipping, LightningModule, ABC):
         self.optimizer_settings = from_dict(OptimizerSettings, optimizer)
         compile_mode(compile)  # a mode torch.compile does not know fails here, in one line
         self.compile_training = compile
-        self.schedule = CosineSchedule(self.diffusion_settings.num_timesteps)
+        self.schedule = CosineSchedule(
+            self.diffusion_settings.num_timesteps, shift=self.diffusion_settings.schedule_shift
+        )
         # Checkpoints written before issue 17 name the denoiser `unet`.
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 

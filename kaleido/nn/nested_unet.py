@@ -91,6 +91,10 @@ class NestedUNet(Denoiser):
             model's schedule, which the model binds; a network built alone uses the default cosine schedule
             and v-prediction); ``"pooled"`` (the default, so that checkpoints written before this option
             load as they were trained): the pooled ``x_t`` as it is, at t.
+        inner_schedule_shift: the ``diffusion.schedule_shift`` the inner UNet is trained on (its
+            checkpoint's, which ``inner_checkpoint`` checks): ``matched`` reads t' off that table, so the
+            inner model keeps its own schedule when the full resolution's is shifted. MDM's pairing: a
+            model shift equal to the nest ratio and 1 here give the inner UNet t' = t.
         in_channels: image channels (the output has as many).
         cond_dim, image_size: given by the model (its conditioning width and ``data.image_size``).
     """
@@ -106,6 +110,7 @@ class NestedUNet(Denoiser):
         inner_checkpoint: str | None = None,
         freeze_inner: bool = False,
         inner_input: Literal["matched", "pooled"] = "pooled",
+        inner_schedule_shift: float = 1.0,
         in_channels: int = 3,
         *,
         cond_dim: int,
@@ -126,6 +131,8 @@ class NestedUNet(Denoiser):
             )
         if inner_input not in ("matched", "pooled"):
             raise ValueError(f"inner_input must be 'matched' or 'pooled', got {inner_input!r}")
+        if inner_schedule_shift <= 0:
+            raise ValueError(f"inner_schedule_shift must be > 0 (1: the plain cosine schedule), got {inner_schedule_shift}")
         if len(loss_weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in loss_weights) or loss_weights[0] <= 0:
             raise ValueError(f"loss_weights must be (full resolution > 0, inner resolution >= 0), got {tuple(loss_weights)}")
         # Plain data (what spec() stores); inner_checkpoint is cleared once its weights are in the model.
@@ -134,6 +141,7 @@ class NestedUNet(Denoiser):
         self.attention_levels, self.loss_weights = attention_levels, (float(loss_weights[0]), float(loss_weights[1]))
         self.inner_checkpoint: str | None = None
         self.freeze_inner, self.inner_input, self.in_channels = freeze_inner, inner_input, in_channels
+        self.inner_schedule_shift = float(inner_schedule_shift)
         self.bind_diffusion(CosineSchedule(), "v")  # the model binds its own
 
         levels = build_levels(in_channels, base_channels, channel_mult, num_res_blocks, attention_levels, self.res_block, self.attention_block)
@@ -143,7 +151,7 @@ class NestedUNet(Denoiser):
         self.out_adapter = zero_init(nn.Conv2d(self.inner_unet.feature_channels, levels.inner_channels, 3, padding=1))
 
         if inner_checkpoint is not None:
-            load_inner_weights(self.inner_unet, inner_checkpoint, self.inner_size)
+            load_inner_weights(self.inner_unet, inner_checkpoint, self.inner_size, self.inner_schedule_shift)
         if freeze_inner:
             self.inner_unet.requires_grad_(False)
         if settings.channels_last:  # the outer levels take the inner UNet's memory layout
@@ -161,6 +169,18 @@ class NestedUNet(Denoiser):
     def bind_diffusion(self, schedule: CosineSchedule, prediction: Prediction) -> None:
         # Kept out of the module tree: the model owns the schedule (its device moves, no state).
         self.__dict__["_diffusion"] = (schedule, prediction)
+        self.__dict__["_inner_schedule"] = None
+
+    def inner_schedule(self, schedule: CosineSchedule) -> CosineSchedule:
+        """The table the inner UNet's t' is read from: the model's own unless their shifts differ."""
+        if schedule.shift == self.inner_schedule_shift:
+            return schedule
+        device = schedule.alphas_cumprod.device
+        own = self.__dict__["_inner_schedule"]
+        if own is None or own.alphas_cumprod.device != device:  # built once per device, not per call
+            own = CosineSchedule(schedule.num_timesteps, schedule.s, schedule.max_beta, self.inner_schedule_shift).to(device)
+            self.__dict__["_inner_schedule"] = own
+        return own
 
     def inner_view(self, pooled: Tensor, t: Tensor) -> InnerView:
         """The inner UNet's input for the pooled ``x_t`` at ``t`` (``inner_input``)."""
@@ -171,7 +191,8 @@ class NestedUNet(Denoiser):
         else:  # pooling keeps α x̄0 and divides the noise's variance by r²
             variance = abar + (1 - abar) / self.nest_ratio**2
             abar_inner = abar / variance
-            t_inner = schedule.timestep_of(abar_inner.to(schedule.alphas_cumprod.device)).to(t.device, torch.float32)
+            inner_schedule = self.inner_schedule(schedule)
+            t_inner = inner_schedule.timestep_of(abar_inner.to(inner_schedule.alphas_cumprod.device)).to(t.device, torch.float32)
 
         def column(value: Tensor) -> Tensor:
             return value.float().view(-1, 1, 1, 1)
@@ -226,9 +247,10 @@ def stored_unet_spec(checkpoint: dict[str, Any], path: str | Path) -> dict[str, 
     raise ValueError(f"inner_checkpoint {path} holds a {kind} checkpoint, which has no denoiser; give a Kaleido or DiffusionModel checkpoint with a UNet")
 
 
-def load_inner_weights(unet: UNet, path: str | Path, inner_size: int) -> None:
+def load_inner_weights(unet: UNet, path: str | Path, inner_size: int, schedule_shift: float = 1.0) -> None:
     """Start ``unet`` from the denoiser of the kaleido checkpoint at ``path`` (its ``state_dict``: the EMA
-    average where one was kept), after checking it is a UNet of the same settings, trained at ``inner_size``."""
+    average where one was kept), after checking it is a UNet of the same settings, trained at ``inner_size``
+    on a schedule of ``schedule_shift``."""
     checkpoint = read_checkpoint(path)  # one-line errors: no file, not a checkpoint, not kaleido's
     spec = stored_unet_spec(checkpoint, path)
     if spec["class_path"] != UNET_CLASS_PATH:
@@ -243,6 +265,12 @@ def load_inner_weights(unet: UNet, path: str | Path, inner_size: int) -> None:
     trained_at = (checkpoint.get("hyper_parameters") or {}).get("image_size")
     if trained_at is not None and trained_at != inner_size:
         raise ValueError(f"inner_checkpoint {path} was trained at {trained_at}²; this nested UNet's inner model runs at {inner_size}²")
+    trained_shift = float(((checkpoint.get("hyper_parameters") or {}).get("diffusion") or {}).get("schedule_shift", 1.0))
+    if trained_shift != schedule_shift:
+        raise ValueError(
+            f"inner_checkpoint {path} was trained with diffusion.schedule_shift {trained_shift:g}; the nested UNet's "
+            f"inner_schedule_shift is {schedule_shift:g}: set it to {trained_shift:g}"
+        )
     state = checkpoint["state_dict"]
     prefix = "denoiser." if any(k.startswith("denoiser.") for k in state) else "unet."  # "unet.": before issue 17
     weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
