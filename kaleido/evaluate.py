@@ -64,9 +64,17 @@ def _stack_images(items: list[dict[str, Any]]) -> Tensor:
     return torch.stack([item["image"] for item in items])
 
 
-def image_batches(dataset: Dataset, count: int | None, batch_size: int, num_workers: int) -> Iterator[Tensor]:
+def image_batches(
+    dataset: Dataset, count: int | None, batch_size: int, num_workers: int, progress: str | None = None
+) -> Iterator[Tensor]:
+    """Batches of the first ``count`` images (all by default); ``progress``: a bar with that label, counted
+    in images (the reference pass over a whole training set can take minutes, on a CPU much more)."""
     subset = dataset if count is None else Subset(dataset, range(min(count, len(dataset))))  # type: ignore[arg-type]
-    yield from DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_images)
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_stack_images)
+    with tqdm(total=len(subset), unit="img", desc=progress, disable=progress is None) as bar:  # type: ignore[arg-type]
+        for batch in loader:
+            bar.update(len(batch))
+            yield batch
 
 
 def build_guiders(specs: Sequence[str | dict[str, Any]] | None) -> dict[str, Guider]:
@@ -264,7 +272,8 @@ def evaluate(
     train = datamodule.images("train")  # type: ignore[operator]
     cache = ReferenceStatsCache(reference_cache or default_reference_cache())
     reference = cache.get_or_compute(
-        key, extractor, lambda: image_batches(train, num_reference, batch_size, num_workers), num_reference
+        key, extractor, lambda: image_batches(train, num_reference, batch_size, num_workers, f"reference statistics (once; cached in {cache.root})"),
+        num_reference,
     )
     # Precision / recall compare sets of equal size: the first num_samples training images.
     real = extract_features(extractor, image_batches(train, num_samples, batch_size, num_workers))

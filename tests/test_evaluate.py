@@ -59,9 +59,12 @@ def _without_timing(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "sampling_seconds"} for row in rows]
 
 
-def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], features: Path, tmp_path: Path) -> None:
+def test_evaluate_end_to_end_and_reproducible(
+    checkpoints: dict[str, Path], features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cache = tmp_path / "cache"
     main(_args(checkpoints, features, tmp_path / "a", cache))
+    assert f"reference statistics (once; cached in {cache})" in capsys.readouterr().err  # minutes on big sets: say so
     out = tmp_path / "a"
     for name in ("metrics.json", "metrics.csv", "fid_vs_cfg.png", "recall_vs_cfg.png"):
         assert (out / name).is_file(), name
@@ -95,6 +98,7 @@ def test_evaluate_end_to_end_and_reproducible(checkpoints: dict[str, Path], feat
     # also given a second time as a further model: every Kaleido row repeats the first run's numbers.
     more = ["--more_ckpt_paths", f"[{checkpoints['kaleido']}]"]
     main(_args(checkpoints, features, tmp_path / "b", cache) + more)
+    assert "reference statistics" not in capsys.readouterr().err  # read from the cache
     again = json.loads((tmp_path / "b" / "metrics.json").read_text())
     names = ["kaleido-text", "kaleido-text-2", "baseline"]
     assert [r["model"] for r in again["results"]] == [name for name in names for _ in (1, 3)]
