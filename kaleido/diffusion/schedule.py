@@ -27,7 +27,7 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999, 
     ``shift`` > 1 makes every step noisier: SNR'(t) = SNR(t) / shift², i.e. ᾱ' = ᾱ / (ᾱ + shift² (1 − ᾱ)).
     Doubling an image's side averages noise over 4× the pixels per feature, so the same t hides less of
     it; shift 2 at 64² gives the 32² schedule's SNR per 2×2 block (simple diffusion, Hoogeboom et al.
-    2023, §3.1; SD3's ``shift`` is the same map for flow matching).
+    2023; SD3's ``shift`` is the same map for flow matching).
     """
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
