@@ -158,6 +158,10 @@ def test_the_data_module_measures_mode_coverage_with_its_min_share() -> None:
     assert summary["mode_coverage"] >= 0.95 and summary["mode_tv"] <= 0.05, summary
     assert set(details) == set(conditions) and set(details["a circle"]) == set(ATTRIBUTES)
     assert set(details["a circle"]["color"]) == {"covered", "modes", "tv", "sample", "data"}
+    assert summary["background_offset_median"] < 0.01 and summary["background_offset_p90"] < 0.01  # renders: exact backgrounds
+    tinted = images.clone()
+    tinted[:, 2] += 20 / 127.5  # every background 20 levels too blue
+    assert data.sample_metrics(tinted, conditions)[0]["background_offset_median"] == pytest.approx(20, abs=0.6)
     # One sample, a red circle: a stricter min_share counts fewer modes (a colour holds about 1/6 of the votes).
     one = torch.from_numpy(render(_scene(_obj("red")), 32)).permute(2, 0, 1)[None].float() / 127.5 - 1
     loose = ShapesDataModule(shapes=ShapesConfig(resolution=32), num_train=60, mode_min_share=0.01)

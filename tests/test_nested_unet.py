@@ -216,6 +216,29 @@ def test_the_inner_unet_starts_from_a_checkpoint_and_wrong_ones_fail_in_one_line
         assert "\n" not in str(error.value)
 
 
+def test_residual_on_inner_starts_the_full_output_at_the_inner_block_means() -> None:
+    """With the output head at zero, the full-resolution prediction is the inner one repeated over each
+    2 × 2 block: its block means are exactly what the inner loss scores, the rest is the outer head's."""
+    net = nested(residual_on_inner=True)
+    net.inner_unet.load_state_dict(perturbed(UNet(**asdict(TINY_UNET), cond_dim=COND_DIM)).state_dict())
+    x, t, cond, mask = unet_inputs(3, SIZE)
+    with torch.no_grad():
+        full, low = net.training_outputs(x, t, cond, mask)
+        assert low.prediction.abs().mean() > 1e-3
+        assert torch.allclose(full.prediction, low.prediction.repeat_interleave(2, -1).repeat_interleave(2, -2), atol=1e-6)
+        assert torch.allclose(downsample_to(full.prediction, INNER), low.prediction, atol=1e-6)
+        assert torch.equal(net(x, t, cond, mask), full.prediction)
+        plain = nested()
+        plain.load_state_dict(net.state_dict())
+        assert torch.count_nonzero(plain(x, t, cond, mask)) == 0  # the same weights without it: MDM's zero start
+        trained_head = perturbed(net)  # a trained head adds its own output on top of the blocks
+        full_after = trained_head(x, t, cond, mask)
+        low_after = trained_head.training_outputs(x, t, cond, mask)[1].prediction
+        head = trained_head.out(trained_head.features(x, t, cond, mask, None)[0])
+    assert torch.allclose(full_after, head + F.interpolate(low_after, scale_factor=2, mode="nearest"), atol=1e-5)
+    assert net.spec()["init_args"]["residual_on_inner"] is True
+
+
 def test_a_frozen_inner_unet_gets_no_gradient() -> None:
     net = perturbed(nested(freeze_inner=True)).train()
     x, t, cond, mask = unet_inputs(3, SIZE)

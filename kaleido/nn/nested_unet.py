@@ -22,8 +22,10 @@ parametrisation at (x', t'), is turned into the same parametrisation of the pool
 the loss scores against the pooled target. With both adapters at zero, a fresh nested UNet's inner
 output is exactly its inner UNet's: an inner model trained alone (``inner_checkpoint``, ml-mdm's
 progressive recipe) starts unchanged, on its own training distribution. Training scores both outputs
-(``training_outputs``: MDM's multi-resolution loss); sampling uses the full-resolution one. docs/choices.md, "The nested UNet", says where this
-departs from ml-mdm and why.
+(``training_outputs``: MDM's multi-resolution loss); sampling uses the full-resolution one. With
+``residual_on_inner`` (not MDM's) the full-resolution output adds the inner one, repeated over each r × r
+block, to its head's, so a fresh model starts from the inner model's block means instead of from zero.
+docs/choices.md, "The nested UNet", says where this departs from ml-mdm and why.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kaleido.checkpoint_io import CHECKPOINT_KEY, from_dict, read_checkpoint, to_dict
@@ -95,6 +98,10 @@ class NestedUNet(Denoiser):
             checkpoint's, which ``inner_checkpoint`` checks): ``matched`` reads t' off that table, so the
             inner model keeps its own schedule when the full resolution's is shifted. MDM's pairing: a
             model shift equal to the nest ratio and 1 here give the inner UNet t' = t.
+        residual_on_inner: the full-resolution prediction is the inner one (on the pooled process at t),
+            repeated over each r × r block, plus the output head's, which starts at zero: fresh outer levels
+            then start from the inner model's block means (its colours) instead of from a zero prediction,
+            and learn only what the blocks miss. Not MDM's (``False``, the default); docs/choices.md.
         in_channels: image channels (the output has as many).
         cond_dim, image_size: given by the model (its conditioning width and ``data.image_size``).
     """
@@ -111,6 +118,7 @@ class NestedUNet(Denoiser):
         freeze_inner: bool = False,
         inner_input: Literal["matched", "pooled"] = "pooled",
         inner_schedule_shift: float = 1.0,
+        residual_on_inner: bool = False,
         in_channels: int = 3,
         *,
         cond_dim: int,
@@ -142,6 +150,7 @@ class NestedUNet(Denoiser):
         self.inner_checkpoint: str | None = None
         self.freeze_inner, self.inner_input, self.in_channels = freeze_inner, inner_input, in_channels
         self.inner_schedule_shift = float(inner_schedule_shift)
+        self.residual_on_inner = bool(residual_on_inner)
         self.bind_diffusion(CosineSchedule(), "v")  # the model binds its own
 
         levels = build_levels(in_channels, base_channels, channel_mult, num_res_blocks, attention_levels, self.res_block, self.attention_block)
@@ -214,8 +223,19 @@ class NestedUNet(Denoiser):
         inner = self.inner_unet.features(view.x.to(x.dtype), c_inner, extra=self.in_adapter(h))
         return run_up(self.up, h + self.out_adapter(inner), skips, c), inner, view
 
+    def predictions(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(the full-resolution prediction, the inner one on the pooled process at t)."""
+        outer, inner, view = self.features(x, t, cond, cond_mask, uncond)
+        full = self.out(outer)
+        low = self.pooled_output(self.inner_unet.out(inner), view)
+        if self.residual_on_inner:  # the inner block means, then what the outer levels add
+            full = full + F.interpolate(low.to(full.dtype), scale_factor=self.nest_ratio, mode="nearest")
+        return full.contiguous(), low.contiguous()
+
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None) -> Tensor:
-        return self.out(self.features(x, t, cond, cond_mask, uncond)[0]).contiguous()
+        if not self.residual_on_inner:  # the inner head is not needed
+            return self.out(self.features(x, t, cond, cond_mask, uncond)[0]).contiguous()
+        return self.predictions(x, t, cond, cond_mask, uncond)[0]
 
     def pooled_output(self, inner_output: Tensor, view: InnerView) -> Tensor:
         """The inner head's output, a prediction at (x', t'), as the same parametrisation of the pooled
@@ -230,10 +250,9 @@ class NestedUNet(Denoiser):
         self, x: Tensor, t: Tensor, cond: Tensor, cond_mask: Tensor, uncond: Tensor | None = None
     ) -> list[TrainingOutput]:
         """The full-resolution prediction and the inner UNet's, at the inner resolution (MDM's two-resolution loss)."""
-        outer, inner, view = self.features(x, t, cond, cond_mask, uncond)
-        full, low = self.loss_weights
-        inner_output = self.pooled_output(self.inner_unet.out(inner), view)
-        return [TrainingOutput(self.out(outer).contiguous(), full), TrainingOutput(inner_output.contiguous(), low)]
+        full, low = self.predictions(x, t, cond, cond_mask, uncond)
+        full_weight, low_weight = self.loss_weights
+        return [TrainingOutput(full, full_weight), TrainingOutput(low, low_weight)]
 
 
 def stored_unet_spec(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:

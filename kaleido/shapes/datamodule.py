@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
@@ -22,6 +23,7 @@ from kaleido.latents import Extractor, LatentType, build_latent_type
 from kaleido.shapes.dataset import ShapesDataset, collate
 from kaleido.shapes.latents import ground_truth, has_ground_truth, shapes_extractor
 from kaleido.shapes.modes import DEFAULT_MIN_SHARE, shapes_mode_coverage
+from kaleido.shapes.reader import background_offset
 from kaleido.shapes.scenes import Scene, ShapesConfig, condition_text
 from kaleido.tokenizer import KaleidoTokenizer, build_tokenizer
 
@@ -176,8 +178,10 @@ class ShapesDataModule(LightningDataModule, KaleidoData):
         return shapes_extractor(latent_type)
 
     def sample_metrics(self, images: Tensor, conditions: Sequence[str]) -> tuple[dict[str, float], dict[str, Any]]:
-        """Mode coverage of the samples against the training scenes (:mod:`kaleido.shapes.modes`); the scenes
-        are drawn once per data module (50,000 take ~10 s on one core), not once per evaluated run."""
+        """Mode coverage of the samples against the training scenes (:mod:`kaleido.shapes.modes`), and how far
+        their backgrounds are off the data's flat ones (``background_offset_median`` / ``_p90``, in 0–255 levels:
+        :func:`kaleido.shapes.reader.background_offset`). The scenes are drawn once per data module (50,000 take
+        ~10 s on one core), not once per evaluated run."""
         if self._train_scenes is None:
             shapes = self.shapes_split("train")
             scenes = [shapes.scene(i) for i in range(len(shapes))]
@@ -185,7 +189,11 @@ class ShapesDataModule(LightningDataModule, KaleidoData):
         scenes, scene_conditions = self._train_scenes
         coverage = shapes_mode_coverage(images, conditions, scenes, scene_conditions, self.mode_min_share)
         details = {c: {a: asdict(v) for a, v in per.items()} for c, per in coverage.conditions.items()}
-        return coverage.summary(), details
+        offsets = np.array([background_offset(image) for image in images])
+        summary = coverage.summary()
+        if len(offsets):
+            summary |= {"background_offset_median": float(np.median(offsets)), "background_offset_p90": float(np.percentile(offsets, 90))}
+        return summary, details
 
     def split_latents(self, split: str) -> ShapesLatents:
         """The split's latents; extractor-based ones are computed on first use and kept."""

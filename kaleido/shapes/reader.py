@@ -29,6 +29,14 @@ def _background_name(rgb: np.ndarray) -> str:
     return min(BACKGROUNDS, key=lambda name: float(np.sum((np.asarray(BACKGROUNDS[name]) - background) ** 2)))
 
 
+def background_offset(image: np.ndarray | torch.Tensor) -> float:
+    """How far an image's background (its border ring's median colour) lies from the nearest of the data's
+    flat backgrounds: the largest channel difference, in 0–255 levels. A render is within rounding of 0; a
+    model's low-frequency colour errors (a tinted background) show here first."""
+    background = estimate_background(to_rgb(image)) * 255.0
+    return min(float(np.abs(np.asarray(colour, dtype=np.float64) - background).max()) for colour in BACKGROUNDS.values())
+
+
 def object_from_parsed(parsed: ParsedObject) -> ShapeObject:
     radius = math.sqrt(parsed.area / _AREA_PER_R2[parsed.shape])
     cx, cy = parsed.ellipse[0], parsed.ellipse[1]
