@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 
 import kaleido
-from kaleido.diffusion.schedule import x0_to_output
+from kaleido.diffusion.schedule import CosineSchedule, x0_to_output
 from kaleido.nn.denoiser import downsample_to
 from kaleido.nn.nested_unet import NestedUNet
 from kaleido.nn.unet import UNet
@@ -150,8 +150,6 @@ def test_a_shifted_model_schedule_leaves_the_inner_unet_on_its_own() -> None:
     """With the model's SNR divided by r² (schedule_shift = the nest ratio) the pooled x_t has the plain
     schedule's SNR at t: the inner UNet, trained on the plain table, runs at t' = t. With another shift,
     t' is read off the inner table: SNR_inner(t') = r² SNR_model(t)."""
-    from kaleido.diffusion.schedule import CosineSchedule
-
     r, t = 2, torch.tensor([0, 120, 500, 980])
     net = nested(inner_input="matched")
     pooled = torch.randn(4, 3, SIZE // r, SIZE // r)

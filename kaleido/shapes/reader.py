@@ -24,8 +24,12 @@ def _size_word(radius: float) -> str:
     return min(SIZES, key=lambda name: abs(radius - sum(SIZES[name]) / 2))
 
 
+def _background_levels(rgb: np.ndarray) -> np.ndarray:
+    return estimate_background(rgb) * 255.0  # to_rgb gives [0, 1]; BACKGROUNDS are 0..255
+
+
 def _background_name(rgb: np.ndarray) -> str:
-    background = estimate_background(rgb) * 255.0  # to_rgb gives [0, 1]; BACKGROUNDS are 0..255
+    background = _background_levels(rgb)
     return min(BACKGROUNDS, key=lambda name: float(np.sum((np.asarray(BACKGROUNDS[name]) - background) ** 2)))
 
 
@@ -33,7 +37,7 @@ def background_offset(image: np.ndarray | torch.Tensor) -> float:
     """How far an image's background (its border ring's median colour) lies from the nearest of the data's
     flat backgrounds: the largest channel difference, in 0–255 levels. A render is within rounding of 0; a
     model's low-frequency colour errors (a tinted background) show here first."""
-    background = estimate_background(to_rgb(image)) * 255.0
+    background = _background_levels(to_rgb(image))
     return min(float(np.abs(np.asarray(colour, dtype=np.float64) - background).max()) for colour in BACKGROUNDS.values())
 
 
