@@ -51,7 +51,7 @@ def _without_z(config_name: str) -> dict:
         ("twemoji/baseline", "twemoji/kaleido"), ("twemoji/baseline_gpu", "twemoji/kaleido_gpu"),
         ("shapes/baseline", "shapes/kaleido_colour"), ("shapes/baseline_gpu", "shapes/kaleido_colour_gpu"),
         ("shapes/baseline", "shapes/kaleido_colour_text"), ("shapes/baseline_gpu", "shapes/kaleido_colour_text_gpu"),
-        ("twemoji/baseline_gpu", "twemoji/kaleido_colour_gpu"),
+        ("twemoji/baseline_gpu", "twemoji/kaleido_colour_gpu"), ("twemoji/baseline_gpu", "twemoji/kaleido_colour_text_gpu"),
         ("twemoji/baseline_dit_gpu", "twemoji/kaleido_dit_gpu"), ("mnist/baseline_dit_gpu", "mnist/kaleido_blob_dit_gpu"),
     ],
 )
