@@ -199,6 +199,15 @@ def test_mfu_is_null_on_a_cpu_and_says_why(result: dict[str, Any]) -> None:
     assert result["training"]["achieved_tflops"] > 0
 
 
+def test_the_roofline_counts_the_same_step_as_the_flops(result: dict[str, Any]) -> None:
+    """Its operators' FLOPs are the counter's; a CPU has no bandwidth in the table, so there is no bound."""
+    line = result["training"]["roofline"]
+    assert line["flops_per_image"] == pytest.approx(result["training"]["flops_per_image"])
+    assert line["bytes_per_image"] > 0 and line["bytes_per_image_by_kind"]["flop operators"] > 0
+    assert line["eager_bound_s"] is None and result["settings"]["bandwidth_tbs"] is None
+    assert "roofline" in format_table(result)
+
+
 def test_a_compiled_config_is_built_with_batches_of_one_shape(config: Path, tmp_path: Path) -> None:
     """Compiling named in the config itself (not by --compile) pads the batches as fit does."""
     compiled = tmp_path / "compiled.yaml"
@@ -249,6 +258,7 @@ def test_flops_match_an_independent_count_of_the_training_step(config: Path, res
         (["--sample_steps", "1"], "--sample_steps must be >= 2"),
         (["--device", "tpu"], "device 'tpu' is not"),
         (["--profile_steps", "-1"], "--profile_steps must be >= 0, got -1"),
+        (["--bandwidth_tbs", "0"], "--bandwidth_tbs must be > 0, got 0"),
         (["--fit_steps", "-2"], "--fit_steps must be >= 0, got -2"),
         (["--fit_host_profile", "-1"], "--fit_host_profile must be >= 0, got -1"),
         (["--fit_host_profile", "2"], "--fit_host_profile profiles steps after --fit_steps timed ones: give --fit_steps too"),

@@ -17,10 +17,18 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from kaleido.__about__ import __version__
 from kaleido.benchmark.fit import measure_fit
 from kaleido.benchmark.host import format_host
-from kaleido.benchmark.peaks import matmul_tflops, peak
+from kaleido.benchmark.peaks import bandwidth, matmul_tflops, peak
 from kaleido.benchmark.profile import format_profile
+from kaleido.benchmark.roofline import TrafficMode, format_roofline, roofline
 from kaleido.benchmark.sampling import measure_sampling
-from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
+from kaleido.benchmark.training import (
+    CPU_ATTENTION_FLOPS,
+    count_flops,
+    fit_optimizer_step,
+    measure_denoiser_only,
+    measure_training,
+    rates,
+)
 from kaleido.cli import KaleidoCLI, pad_for_compile
 from kaleido.data.contract import require_data
 from kaleido.devices import resolve_device, sampling_autocast
@@ -90,6 +98,7 @@ def benchmark(
     precision: Literal["bf16", "32"] | None = None,
     device: str = "auto",
     peak_tflops: float | None = None,
+    bandwidth_tbs: float | None = None,
     sample_steps: int | None = None,
     cfg_scale: float | None = None,
     profile_steps: int = 0,
@@ -114,6 +123,9 @@ def benchmark(
         peak_tflops: the device's peak for MFU (default: :data:`PEAK_TFLOPS` by GPU name; none on a CPU). On
             a GPU the report also reads the step against the rate of one large matmul measured there
             (``mfu_of_matmul``).
+        bandwidth_tbs: the device's memory bandwidth in TB/s for the roofline bound (default: the data sheet's by
+            GPU name, :data:`BANDWIDTH_TBS`; none on a CPU). With a peak, the report gives the fastest step the
+            operators allow, eager and fused, and the MFU ceilings they set (:mod:`kaleido.benchmark.roofline`).
         sample_steps: sampler steps of the whole-sampler measure (default: the config's sampling.num_steps); >= 2.
         cfg_scale: the guidance scale of the sampling measures, not 1 (default: the config's sampling.cfg_scale).
         profile_steps: that many more training steps, and raw forwards of the doubled sampling batch, under
@@ -133,8 +145,9 @@ def benchmark(
                                ("fit_host_profile", fit_host_profile, 0)):
         if value is not None and value < least:
             raise ValueError(f"--{name} must be >= {least}, got {value}")
-    if peak_tflops is not None and not peak_tflops > 0:
-        raise ValueError(f"--peak_tflops must be > 0, got {peak_tflops}")
+    for name, value in (("peak_tflops", peak_tflops), ("bandwidth_tbs", bandwidth_tbs)):
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
     if fit_host_profile and not fit_steps:
         raise ValueError("--fit_host_profile profiles steps after --fit_steps timed ones: give --fit_steps too")
     device = resolve_device(device)
@@ -150,6 +163,7 @@ def benchmark(
         raise ValueError(f"--cfg_scale must be a finite scale >= 0 other than 1 (1 runs no unconditional half), got {cfg_scale}")
     sample_steps = model.sampling.num_steps if sample_steps is None else sample_steps
     peak_value, peak_source = peak(device, precision, peak_tflops)
+    bandwidth_value = bandwidth(device, bandwidth_tbs)
 
     torch.set_float32_matmul_precision("high")  # as fit (cli_main): TF32 matmuls on a GPU
     if trainer.get("benchmark") is not None:
@@ -169,7 +183,8 @@ def benchmark(
     optimizer_step = fit_optimizer_step(model, trainer)
     training, batch = measure_training(model, loader, optimizer_step, device, autocast, steps, warmup, profile_steps)
     batch_size = len(batch["image"])
-    flops = count_flops(model, batch, autocast)
+    traffic = TrafficMode(CPU_ATTENTION_FLOPS)
+    flops = count_flops(model, batch, autocast, traffic)
     denoiser_only = measure_denoiser_only(model, batch, optimizer_step, device, autocast, steps, warmup)
     conditions = data.conditions("train", batch_size)
     if not conditions:
@@ -185,7 +200,7 @@ def benchmark(
             "fit_steps": fit_steps, "fit_host_profile": fit_host_profile, "overrides": overrides or [],
             "num_workers": getattr(data, "num_workers", None), "pad_to_limits": getattr(data, "pad_to_limits", None),
             "gradient_clip_val": trainer.get("gradient_clip_val"), "peak_tflops": peak_value, "peak_source": peak_source,
-            "matmul_tflops": measured_peak,
+            "matmul_tflops": measured_peak, "bandwidth_tbs": bandwidth_value,
         },
         "model": type(model).__name__,
         "parameters": model.num_parameters(),
@@ -196,6 +211,7 @@ def benchmark(
         **rates(training, flops, denoiser_only, batch_size, peak_value, compiling, measured_peak),
         "sampling": sampling,
     }
+    result["training"]["roofline"] = roofline(traffic.calls, batch_size, peak_value, bandwidth_value)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fit_steps:  # the step and sampling figures are on disk before fit's minutes: a run cut short keeps them
         output.write_text(json.dumps(result, indent=2) + "\n")
@@ -236,6 +252,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("  achieved", f"{train['achieved_tflops']:.3g} TFLOP/s   MFU {mfu}  (peak: {s['peak_source']})"
                        + ("" if train.get("mfu_of_matmul") is None else
                           f";  {train['mfu_of_matmul']:.1%} of this device's measured matmul rate, {s['matmul_tflops']:.0f} TFLOP/s")),
+        *(format_roofline(train["roofline"]) if train.get("roofline") else []),
         ("  shares", "  ".join(f"{part} {share:.0%}" for part, share in train["shares"].items())),
         *(format_profile(train["profile"]) if train.get("profile") else []),
         ("denoiser-only step", f"{only['step_s'] * 1e3:.1f} ms   {only['images_per_s']:.1f} images/s   "

@@ -18,6 +18,28 @@ PEAK_TFLOPS: dict[str, tuple[float, float]] = {
     "A100": (312.0, 156.0),
 }
 
+# Memory bandwidth in TB/s from the same data sheets, matched the same way: the roofline's other slope
+# (:mod:`kaleido.benchmark.roofline`). The A100's is its 80 GB SXM part's, the highest: a bound stays a bound.
+BANDWIDTH_TBS: dict[str, float] = {
+    "H200 NVL": 4.8,
+    "H200": 4.8,
+    "H100 NVL": 3.9,
+    "H100 PCIe": 2.0,
+    "H100": 3.35,
+    "A100": 2.039,
+}
+
+
+def bandwidth(device: str, given: float | None) -> float | None:
+    """The device's memory bandwidth in TB/s for the roofline: the one given, else the data sheet's by GPU
+    name; None on a CPU or an unknown GPU."""
+    if given is not None:
+        return given
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in BANDWIDTH_TBS.items() if key in name), None)
+
 
 def peak(device: str, precision: str, given: float | None) -> tuple[float | None, str]:
     """The peak TFLOP/s an MFU is read against, and where it comes from (or why there is none)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from kaleido.benchmark.clock import Clock, seconds_per_call, sync
 from kaleido.benchmark.profile import profile_steps
+from kaleido.benchmark.roofline import TrafficMode
 from kaleido.modules.base import ConditionalDiffusion, Conditioning
 
 PARTS = ("loader", "conditioning", "denoiser", "optimizer")
@@ -57,11 +58,13 @@ def _eager(model: ConditionalDiffusion) -> Iterator[None]:
         model.compile_training = compiled
 
 
-def count_flops(model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager]) -> dict[str, int]:
+def count_flops(
+    model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager], traffic: TrafficMode | None = None,
+) -> dict[str, int]:
     """FLOPs of one step's forward and backward, by part, counted on the eager model (the counter cannot
-    see inside compiled graphs)."""
+    see inside compiled graphs). ``traffic``: also records every operator's FLOPs and bytes (the roofline)."""
     flops = dict.fromkeys(("conditioning", "denoiser"), 0)
-    with _eager(model), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+    with _eager(model), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, traffic or nullcontext():
         done = 0
         for part in training_parts(model, batch, autocast):
             flops[part] += counter.get_total_flops() - done
