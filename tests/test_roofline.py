@@ -48,3 +48,19 @@ def test_without_a_peak_or_a_bandwidth_there_is_no_bound_and_the_table_says_why(
     assert line["eager_bound_s"] is None and line["mfu_ceiling_fused"] is None and line["bytes_per_image"] == 10
     assert "--bandwidth_tbs" in format_roofline(line)[1][1]
     assert bandwidth("cpu", None) is None and bandwidth("cpu", 4.8) == 4.8
+
+
+@pytest.mark.parametrize(("name", "expected"), [("NVIDIA H200", 4.8), ("NVIDIA H100 PCIe", 2.0), ("NVIDIA H100 80GB HBM3", 3.35), ("Tesla T4", None)])
+def test_a_gpu_s_bandwidth_is_read_off_its_name(name: str, expected: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert bandwidth("cuda", None) == expected
+
+
+@pytest.mark.parametrize(("name", "precision", "expected"), [("NVIDIA H200", "bf16", 989.4), ("NVIDIA H200 NVL", "32", 417.5), ("Tesla T4", "bf16", None)])
+def test_a_gpu_s_peak_is_read_off_its_name(name: str, precision: str, expected: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kaleido.benchmark.peaks import peak
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    value, source = peak("cuda", precision, None)
+    assert value == expected
+    assert ("data sheet" in source) if expected else (name in source and "--peak_tflops" in source)

@@ -19,16 +19,9 @@ from kaleido.benchmark.fit import measure_fit
 from kaleido.benchmark.host import format_host
 from kaleido.benchmark.peaks import bandwidth, matmul_tflops, peak
 from kaleido.benchmark.profile import format_profile
-from kaleido.benchmark.roofline import TrafficMode, format_roofline, roofline
+from kaleido.benchmark.roofline import format_roofline, roofline
 from kaleido.benchmark.sampling import measure_sampling
-from kaleido.benchmark.training import (
-    CPU_ATTENTION_FLOPS,
-    count_flops,
-    fit_optimizer_step,
-    measure_denoiser_only,
-    measure_training,
-    rates,
-)
+from kaleido.benchmark.training import count_flops, fit_optimizer_step, measure_denoiser_only, measure_training, rates
 from kaleido.cli import KaleidoCLI, pad_for_compile
 from kaleido.data.contract import require_data
 from kaleido.devices import resolve_device, sampling_autocast
@@ -183,8 +176,7 @@ def benchmark(
     optimizer_step = fit_optimizer_step(model, trainer)
     training, batch = measure_training(model, loader, optimizer_step, device, autocast, steps, warmup, profile_steps)
     batch_size = len(batch["image"])
-    traffic = TrafficMode(CPU_ATTENTION_FLOPS)
-    flops = count_flops(model, batch, autocast, traffic)
+    flops, operators = count_flops(model, batch, autocast)
     denoiser_only = measure_denoiser_only(model, batch, optimizer_step, device, autocast, steps, warmup)
     conditions = data.conditions("train", batch_size)
     if not conditions:
@@ -211,7 +203,7 @@ def benchmark(
         **rates(training, flops, denoiser_only, batch_size, peak_value, compiling, measured_peak),
         "sampling": sampling,
     }
-    result["training"]["roofline"] = roofline(traffic.calls, batch_size, peak_value, bandwidth_value)
+    result["training"]["roofline"] = roofline(operators, batch_size, peak_value, bandwidth_value)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fit_steps:  # the step and sampling figures are on disk before fit's minutes: a run cut short keeps them
         output.write_text(json.dumps(result, indent=2) + "\n")

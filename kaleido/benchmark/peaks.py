@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from kaleido.benchmark.clock import seconds_per_call
@@ -37,8 +39,13 @@ def bandwidth(device: str, given: float | None) -> float | None:
         return given
     if torch.device(device).type != "cuda":
         return None
+    return _by_name(BANDWIDTH_TBS, device)[1]
+
+
+def _by_name(table: dict[str, Any], device: str) -> tuple[str | None, Any]:
+    """The first entry of ``table`` whose key the GPU's name contains, as (key, value); (None, None) if none does."""
     name = torch.cuda.get_device_name(device)
-    return next((value for key, value in BANDWIDTH_TBS.items() if key in name), None)
+    return next(((key, value) for key, value in table.items() if key in name), (None, None))
 
 
 def peak(device: str, precision: str, given: float | None) -> tuple[float | None, str]:
@@ -47,12 +54,11 @@ def peak(device: str, precision: str, given: float | None) -> tuple[float | None
         return given, "--peak_tflops"
     if torch.device(device).type != "cuda":
         return None, "no peak for a CPU: MFU is null (pass --peak_tflops for one)"
-    name = torch.cuda.get_device_name(device)
-    for key, (bf16, tf32) in PEAK_TFLOPS.items():
-        if key in name:
-            kind = "bf16" if precision == "bf16" else "tf32"
-            return (bf16 if kind == "bf16" else tf32), f"NVIDIA data sheet, {key}, dense {kind}"
-    return None, f"{name} is not in kaleido.benchmark.PEAK_TFLOPS: MFU is null (pass --peak_tflops)"
+    key, peaks = _by_name(PEAK_TFLOPS, device)
+    if key is None:
+        return None, f"{torch.cuda.get_device_name(device)} is not in kaleido.benchmark.PEAK_TFLOPS: MFU is null (pass --peak_tflops)"
+    kind = "bf16" if precision == "bf16" else "tf32"
+    return peaks[0 if kind == "bf16" else 1], f"NVIDIA data sheet, {key}, dense {kind}"
 
 
 def matmul_tflops(device: str, precision: str, size: int = 8192, calls: int = 10, warmup: int = 3) -> float:

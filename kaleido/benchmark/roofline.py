@@ -1,7 +1,7 @@
 """How fast a training step could run at all: a roofline bound from the FLOPs and the bytes of every operator.
 
-The FLOP-count step of ``benchmark`` (one eager step, :func:`kaleido.benchmark.training.count_flops`) also
-runs under :class:`TrafficMode`, which sees every ATen operator after autocast and records its FLOPs (torch's
+The FLOP-count step of ``benchmark`` (one eager step, :func:`kaleido.benchmark.training.count_flops`) runs
+under :class:`TrafficMode`, which sees every ATen operator after autocast and records its FLOPs (torch's
 flop-counter formulas: matmuls, convolutions, attention) and the bytes it moves (the tensors it reads and
 writes; a view moves none). On a device of peak P FLOP/s and memory bandwidth W bytes/s an operator takes at
 least ``max(F / P, B / W)``. Two bounds follow:
@@ -109,7 +109,7 @@ def format_roofline(line: dict[str, Any]) -> list[tuple[str, str]]:
     kinds = "  ".join(f"{kind} {b / 1e6:.3g}" for kind, b in line["bytes_per_image_by_kind"].items() if b >= 0.005 * line["bytes_per_image"])
     rows = [("  roofline", f"{line['bytes_per_image'] / 1e6:.3g} MB moved per image over {line['operators']:,} operators  ({kinds} MB)")]
     if line["eager_bound_s"] is None:
-        rows.append(("", "no bound: give --peak_tflops and --bandwidth_tbs (known by name on the GPUs of kaleido.benchmark.PEAK_TFLOPS)"))
+        rows.append(("", "no bound: give --peak_tflops and --bandwidth_tbs (known by name for the GPUs of kaleido.benchmark.PEAK_TFLOPS and BANDWIDTH_TBS)"))
     else:
         rows.append(("", f"at {line['peak_tflops']:g} TFLOP/s and {line['bandwidth_tbs']:g} TB/s: step ≥ {line['eager_bound_s'] * 1e3:.3g} ms eager "
                          f"(MFU ≤ {line['mfu_ceiling_eager']:.0%}, {line['memory_bound_share_eager']:.0%} of it memory-bound), "

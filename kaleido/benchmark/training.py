@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import flop_registry
 
 from kaleido.benchmark.clock import Clock, seconds_per_call, sync
 from kaleido.benchmark.profile import profile_steps
@@ -59,18 +59,18 @@ def _eager(model: ConditionalDiffusion) -> Iterator[None]:
 
 
 def count_flops(
-    model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager], traffic: TrafficMode | None = None,
-) -> dict[str, int]:
+    model: ConditionalDiffusion, batch: dict[str, Any], autocast: Callable[[], AbstractContextManager],
+) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
     """FLOPs of one step's forward and backward, by part, counted on the eager model (the counter cannot
-    see inside compiled graphs). ``traffic``: also records every operator's FLOPs and bytes (the roofline)."""
+    see inside compiled graphs); and every operator's (name, FLOPs, bytes moved), the roofline's input."""
     flops = dict.fromkeys(("conditioning", "denoiser"), 0)
-    with _eager(model), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter, traffic or nullcontext():
+    with _eager(model), TrafficMode(CPU_ATTENTION_FLOPS) as traffic:
         done = 0
         for part in training_parts(model, batch, autocast):
-            flops[part] += counter.get_total_flops() - done
-            done = counter.get_total_flops()
+            flops[part] += sum(count for _, count, _ in traffic.calls[done:])
+            done = len(traffic.calls)
     model.zero_grad(set_to_none=True)
-    return flops
+    return flops, traffic.calls
 
 
 def _endless(loader: Any) -> Iterator[Any]:
